@@ -1,0 +1,52 @@
+"""What both pipelines share: the baked settings, the component set, and cluster placement."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from modelchain.core.config import to_container
+
+
+def git_commit() -> str:
+    """The commit of the modelchain checkout the pipeline is built from ('' outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def settings_json(cfg: DictConfig) -> str:
+    """The resolved config baked into every task (compile-time values; secrets by name only)."""
+    settings: dict[str, Any] = to_container(cfg)
+    settings["build"] = {"git_commit": git_commit()}
+    return json.dumps(settings, sort_keys=True)
+
+
+def place(task, cluster: DictConfig):
+    """Local: no caching. EKS: node pool, tolerations, PVCs, secrets as env, resources."""
+    task.set_caching_options(False)
+    if cluster.kind != "eks":
+        return task
+    from kfp import kubernetes
+
+    for key, value in cluster.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for tol in cluster.tolerations:
+        kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+    for mount in cluster.pvc_mounts:
+        kubernetes.mount_pvc(task, pvc_name=mount.name, mount_path=mount.mount_path)
+    by_secret: dict[str, dict[str, str]] = {}
+    for item in cluster.secret_env:
+        by_secret.setdefault(item.secret_name, {})[item.key] = item.env
+    for secret_name, key_to_env in by_secret.items():
+        kubernetes.use_secret_as_env(task, secret_name=secret_name, secret_key_to_env=key_to_env)
+    task.set_cpu_request(cluster.resources.cpu).set_memory_request(cluster.resources.memory)
+    return task

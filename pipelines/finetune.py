@@ -1,0 +1,88 @@
+"""The finetune pipeline: data_prep -> finetune -> evaluate -> gate -> (passed) register."""
+
+# No `from __future__ import annotations` here: KFP reads the real parameter types.
+
+from omegaconf import DictConfig
+
+from modelchain.components.data_prep.component import data_prep
+from modelchain.components.evaluate.component import evaluate
+from modelchain.components.finetune.component import finetune
+from modelchain.components.gate.component import gate
+from modelchain.components.kfp_factory import make_component
+from modelchain.components.register.component import register
+from modelchain.pipelines.build import place, settings_json
+
+
+def build(cfg: DictConfig):
+    """The pipeline function for `cfg`: run-time values become parameters with config defaults."""
+    from kfp import dsl
+
+    settings = settings_json(cfg)
+    image = cfg.cluster.image
+    data_prep_op, finetune_op, evaluate_op, gate_op, register_op = (
+        make_component(fn, image) for fn in (data_prep, finetune, evaluate, gate, register)
+    )
+    cluster = cfg.cluster
+
+    @dsl.pipeline(
+        name="finetune",
+        description="Data prep, LoRA fine-tune, evaluation gate and MLflow registration of an adapter.",
+    )
+    def finetune_pipeline(
+        data_uri: str = cfg.data.source.uri,
+        max_steps: int = cfg.train.max_steps,
+        learning_rate: float = cfg.train.learning_rate,
+        lora_rank: int = cfg.train.lora.rank,
+        lora_alpha: int = cfg.train.lora.alpha,
+        thresholds: dict = dict(cfg.eval.thresholds),
+        min_improvement: float = cfg.eval.min_improvement,
+    ):
+        prep = place(data_prep_op(settings=settings, data_uri=data_uri), cluster).set_display_name("data-prep")
+        tune = place(
+            finetune_op(
+                settings=settings,
+                splits=prep.outputs["splits"],
+                max_steps=max_steps,
+                learning_rate=learning_rate,
+                lora_rank=lora_rank,
+                lora_alpha=lora_alpha,
+            ),
+            cluster,
+        )
+        scored = place(
+            evaluate_op(settings=settings, splits=prep.outputs["splits"], adapter=tune.outputs["adapter"]), cluster
+        )
+        decided = place(
+            gate_op(
+                settings=settings,
+                results=scored.outputs["results"],
+                splits=prep.outputs["splits"],
+                adapter=tune.outputs["adapter"],
+                thresholds=thresholds,
+                min_improvement=min_improvement,
+                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            ),
+            cluster,
+        )
+        with dsl.If(decided.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 (KFP condition)
+            place(
+                register_op(
+                    settings=settings, mlflow_run_id=decided.outputs["mlflow_run_id"], adapter=tune.outputs["adapter"]
+                ),
+                cluster,
+            )
+
+    return finetune_pipeline
+
+
+def parameters(cfg: DictConfig) -> dict:
+    """The run-time parameters and their values under `cfg` (what a run or schedule sends)."""
+    return {
+        "data_uri": cfg.data.source.uri,
+        "max_steps": cfg.train.max_steps,
+        "learning_rate": cfg.train.learning_rate,
+        "lora_rank": cfg.train.lora.rank,
+        "lora_alpha": cfg.train.lora.alpha,
+        "thresholds": dict(cfg.eval.thresholds),
+        "min_improvement": cfg.eval.min_improvement,
+    }

@@ -1,0 +1,60 @@
+"""After a local run: where the results are and how to look at them."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+
+def describe(pipeline: str, cfg: DictConfig) -> str:
+    return _finetune(cfg) if pipeline == "finetune" else _rag_ingest(cfg)
+
+
+def _finetune(cfg: DictConfig) -> str:
+    from modelchain.core import registry
+    from modelchain.core.config import registered_model_name
+
+    tracking_uri = cfg.cluster.mlflow.tracking_uri
+    client = registry.client(tracking_uri)
+    name = registered_model_name(cfg)
+    lines = [f"finetune: MLflow at {tracking_uri}"]
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments() if e.name == cfg.experiment.name],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if runs:
+        run = runs[0]
+        lines.append(f"  last gate: {run.data.tags.get('gate.decision')} (run {run.info.run_id})")
+        for reason in run.data.tags.get("gate.reasons", "").split(" | "):
+            lines.append(f"    {reason}")
+        lines.append(f"  reports: {run.info.artifact_uri}/reports, data card: {run.info.artifact_uri}/data")
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except Exception:  # no model registered yet (e.g. the gate refused the first adapter)
+        aliases = {}
+    for alias, version in sorted(aliases.items()):
+        source = client.get_model_version(name, version).source
+        lines.append(f"  registered: models:/{name}@{alias} = version {version} ({source})")
+    if not aliases:
+        lines.append(f"  registered: nothing under {name!r} yet")
+    lines.append(f"  look: mlflow ui --backend-store-uri {tracking_uri} --port 5000  (then http://127.0.0.1:5000)")
+    return "\n".join(lines)
+
+
+def _rag_ingest(cfg: DictConfig) -> str:
+    from modelchain.core.vectorstore import MilvusStore
+
+    milvus = cfg.rag.milvus
+    store = MilvusStore(milvus.uri, milvus.collection, cfg.rag.embedding.dim, milvus.index_type, milvus.metric)
+    try:
+        count = store.count()
+    finally:
+        store.close()
+    return "\n".join(
+        [
+            f"rag_ingest: Milvus collection {milvus.collection!r} at {milvus.uri}: {count} chunks",
+            "  look: python -c \"from modelchain.core.retriever import Retriever; "
+            f"r = Retriever.from_config('{milvus.uri}', '{milvus.collection}'); "
+            "print(r.retrieve('How do I run the tests?', k=3))\"",
+        ]
+    )
