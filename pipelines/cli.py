@@ -165,7 +165,9 @@ def cmd_schedule(args) -> int:
             for item in remote.list_schedules(client, args.experiment):
                 print(" ".join(f"{k}={v}" for k, v in item.items()))
         else:
-            remote.delete_schedule(client, args.delete, args.experiment)
+            # Without --experiment, the configured experiment of the pipeline (or the default one).
+            experiment = args.experiment or _compose(args.pipeline or "finetune", args.overrides).experiment.name
+            remote.delete_schedule(client, args.delete, experiment)
             print(f"deleted recurring run {args.delete}")
         return 0
     if not args.pipeline:

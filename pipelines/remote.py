@@ -19,7 +19,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
 if TYPE_CHECKING:  # pragma: no cover
     import kfp
@@ -87,7 +87,8 @@ _CRON_NAMES = {
         "jan feb mar apr may jun jul aug sep oct nov dec".split())},
     "day of week": {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())},
 }
-_CRON_DESCRIPTORS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+_CRON_DESCRIPTORS = {
+    "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 _CRON_EVERY = re.compile(r"@every (\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
 
 
@@ -293,12 +294,12 @@ def schedule(
     version = upload_pipeline_version(client, package_path, pipeline_name)
 
     disabled = []
-    for old in existing:
-        if _is_enabled(old):
-            with _api(client, f"disabling recurring run {name!r} ({old.recurring_run_id})"):
-                client.disable_recurring_run(old.recurring_run_id)
-            disabled.append(old.recurring_run_id)
     try:
+        for old in existing:
+            if _is_enabled(old):
+                with _api(client, f"disabling recurring run {name!r} ({old.recurring_run_id})"):
+                    client.disable_recurring_run(old.recurring_run_id)
+                disabled.append(old.recurring_run_id)
         with _api(client, f"creating recurring run {name!r}"):
             new = client.create_recurring_run(
                 experiment_id=experiment_id, job_name=name, cron_expression=cron6,
@@ -349,6 +350,8 @@ def delete_schedule(client: "kfp.Client", name: str, experiment: str) -> bool:
     Raises ScheduleNotFoundError, naming the recurring runs that do exist, if
     there is none of that name.
     """
+    if not experiment:
+        raise ValueError(f"deleting recurring run {name!r} needs the experiment it is in")
     experiment_id = _find_experiment_id(client, experiment)
     found = _find_schedules(client, experiment_id, name)
     if not found:
@@ -457,7 +460,7 @@ def _package(package_path: str) -> Path:
 def _check_params(package_path: str, params: dict) -> None:
     """Raise ValueError for parameters the compiled pipeline does not declare."""
     path = _package(package_path)
-    if path.suffix not in (".yaml", ".yml", ".json"):
+    if path.suffix not in (".yaml", ".yml"):
         return  # archives: the server checks them
     import yaml
 
@@ -494,7 +497,7 @@ def _api(client: "kfp.Client", what: str) -> Iterator[None]:
         _reraise(exc, what, _client_token(client))
 
 
-def _reraise(exc: Exception, what: str, token: str | None) -> None:
+def _reraise(exc: Exception, what: str, token: str | None) -> NoReturn:
     """Raise RemoteError for `exc`, with the token (if any) kept out of it."""
     import kfp_server_api
 
