@@ -1,0 +1,369 @@
+"""The Milvus collection that holds RAG chunks: Milvus Lite (a local ``.db`` folder) or a cluster.
+
+One row per chunk. The primary key is derived from the chunk's source and content, so
+writing the same chunk twice is idempotent, and ``doc_hash`` lets an ingest run tell
+which documents changed since the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# Field name -> (Milvus data type, max length in bytes for VARCHAR fields).
+SCALAR_FIELDS: dict[str, tuple[str, int | None]] = {
+    "id": ("VARCHAR", 64),
+    "text": ("VARCHAR", 65535),
+    "source": ("VARCHAR", 2048),
+    "heading_path": ("VARCHAR", 2048),
+    "position": ("INT64", None),
+    "content_hash": ("VARCHAR", 64),
+    "doc_hash": ("VARCHAR", 64),
+    "ingested_at": ("INT64", None),
+}
+VECTOR_FIELD = "vector"
+ROW_FIELDS = ("id", VECTOR_FIELD, *[f for f in SCALAR_FIELDS if f != "id"])
+METRICS = ("COSINE", "IP", "L2")
+SEARCH_OUTPUT_FIELDS = ["text", "source", "heading_path", "position"]
+
+# Build and search parameters for the index types that take them; the rest need none.
+_INDEX_BUILD_PARAMS: dict[str, dict[str, int]] = {
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "IVF_FLAT": {"nlist": 128},
+    "IVF_SQ8": {"nlist": 128},
+}
+
+# Milvus Lite serves a local .db folder from a server inside this process. Count the stores
+# open on each folder so the last one to close stops that server, which also flushes it.
+_lite_lock = threading.Lock()
+_lite_open: dict[str, int] = {}
+
+
+class _LiteIteratorNotice(logging.Filter):
+    """Drops pymilvus' warning that Milvus Lite has no server-side iterator timestamp.
+
+    Lite answers every query_iterator call without one; the client-side fallback is
+    correct there, so the warning is noise in every ingest log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to get mvccTs" not in record.getMessage()
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def is_local_uri(uri: str) -> bool:
+    """True for a Milvus Lite path; False for a server address (http(s)://, tcp://, unix:)."""
+    has_scheme = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri) is not None
+    return not (has_scheme or uri.startswith("unix:"))
+
+
+def milvus_string(value: str) -> str:
+    """``value`` as a quoted Milvus filter literal (JSON escaping matches Milvus' rules)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+class MilvusStore:
+    """A Milvus collection of chunk rows with the schema in ``SCALAR_FIELDS`` plus ``vector``.
+
+    Connecting is deferred to the first call that needs the server. Use it as a context
+    manager, or call ``close()``: for Milvus Lite that also stops the local server.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        collection: str,
+        dim: int,
+        index_type: str = "AUTOINDEX",
+        metric: str = "COSINE",
+        token: str | None = None,
+        batch_size: int = 500,
+    ) -> None:
+        metric = metric.upper()
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.local = is_local_uri(uri)
+        if self.local:
+            if not uri.endswith(".db"):
+                raise ValueError(f"a Milvus Lite path must end with .db, got {uri!r}")
+            uri = os.path.abspath(uri)
+        self.uri = uri
+        self.collection = collection
+        self.dim = dim
+        self.index_type = index_type.upper()
+        self.metric = metric
+        self.token = token
+        self.batch_size = batch_size
+        self._client: Any = None
+        self._ready = False
+
+    # -- connection ------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The connected ``pymilvus.MilvusClient``."""
+        if self._client is None:
+            from pymilvus import MilvusClient
+
+            if self.local:
+                Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+                iterator_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
+                if not any(isinstance(f, _LiteIteratorNotice) for f in iterator_log.filters):
+                    iterator_log.addFilter(_LiteIteratorNotice())
+                with _lite_lock:
+                    self._client = MilvusClient(self.uri)
+                    _lite_open[self.uri] = _lite_open.get(self.uri, 0) + 1
+            else:
+                self._client = MilvusClient(self.uri, token=self.token or "")
+        return self._client
+
+    def close(self) -> None:
+        """Disconnect; for Milvus Lite, stop the local server once no store uses it."""
+        if self._client is None:
+            return
+        client, self._client, self._ready = self._client, None, False
+        client.close()
+        if self.local:
+            with _lite_lock:
+                remaining = _lite_open.get(self.uri, 1) - 1
+                if remaining > 0:
+                    _lite_open[self.uri] = remaining
+                    return
+                _lite_open.pop(self.uri, None)
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self.uri)
+
+    def __enter__(self) -> "MilvusStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema ----------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return bool(self.client.has_collection(self.collection))
+
+    def ensure_collection(self) -> bool:
+        """Create the collection if it is missing, else check it; returns True if created."""
+        if self.exists():
+            self.check_collection()
+            return False
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        for name, (type_name, max_length) in SCALAR_FIELDS.items():
+            kwargs: dict[str, Any] = {"is_primary": True} if name == "id" else {}
+            if max_length is not None:
+                kwargs["max_length"] = max_length
+            schema.add_field(name, getattr(DataType, type_name), **kwargs)
+            if name == "id":
+                schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
+        index_params = MilvusClient.prepare_index_params()
+        index_params.add_index(
+            field_name=VECTOR_FIELD,
+            index_type=self.index_type,
+            metric_type=self.metric,
+            params=_INDEX_BUILD_PARAMS.get(self.index_type, {}),
+        )
+        # Strong consistency: verify reads right after upsert must see every write.
+        self.client.create_collection(self.collection, schema=schema, consistency_level="Strong")
+        # Milvus Lite builds indexes at once and cannot be waited on (the wait logs a server
+        # error there); a server is waited on, so the collection is searchable on return.
+        self.client.create_index(self.collection, index_params, sync=not self.local)
+        self.client.load_collection(self.collection)
+        self._ready = True
+        return True
+
+    def check_collection(self) -> None:
+        """Raise ``ValueError`` if the collection is missing or its schema differs; load it."""
+        if self._ready:
+            return
+        if not self.exists():
+            raise ValueError(
+                f"Milvus collection {self.collection!r} does not exist at {self.uri}"
+            )
+        described = self.client.describe_collection(self.collection)
+        actual = {f["name"]: f for f in described["fields"]}
+        expected = {name: type_name for name, (type_name, _) in SCALAR_FIELDS.items()}
+        expected[VECTOR_FIELD] = "FLOAT_VECTOR"
+        problems = []
+        missing = sorted(set(expected) - set(actual))
+        extra = sorted(set(actual) - set(expected))
+        if missing:
+            problems.append(f"missing fields {missing}")
+        if extra:
+            problems.append(f"unexpected fields {extra}")
+        for name in sorted(set(expected) & set(actual)):
+            type_name = getattr(actual[name]["type"], "name", str(actual[name]["type"]))
+            if type_name != expected[name]:
+                problems.append(f"field {name!r} is {type_name}, expected {expected[name]}")
+        if VECTOR_FIELD in actual:
+            dim = int(actual[VECTOR_FIELD].get("params", {}).get("dim", -1))
+            if dim != self.dim:
+                problems.append(f"vector dim is {dim}, expected {self.dim}")
+        primary = [n for n, f in actual.items() if f.get("is_primary")]
+        if primary != ["id"]:
+            problems.append(f"primary key is {primary}, expected ['id']")
+        if not problems:
+            metric = self._index_metric()
+            if metric and metric != self.metric:
+                problems.append(f"index metric is {metric}, expected {self.metric}")
+        if problems:
+            raise ValueError(
+                f"Milvus collection {self.collection!r} at {self.uri} does not match the "
+                f"chunk schema: {'; '.join(problems)}. Use another collection name or drop it."
+            )
+        self.client.load_collection(self.collection)
+        self._ready = True
+
+    def _index_metric(self) -> str | None:
+        for index_name in self.client.list_indexes(self.collection, field_name=VECTOR_FIELD):
+            info = self.client.describe_index(self.collection, index_name)
+            if info.get("metric_type"):
+                return str(info["metric_type"]).upper()
+        return None
+
+    # -- writes ----------------------------------------------------------------------
+
+    def upsert(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert or replace ``rows`` (dicts with the ``ROW_FIELDS``); returns the row count.
+
+        ``ingested_at`` defaults to now; vectors may be lists or numpy arrays.
+        """
+        self.check_collection()
+        now = _now()
+        prepared = [self._prepare_row(row, now) for row in rows]
+        for start in range(0, len(prepared), self.batch_size):
+            self.client.upsert(self.collection, prepared[start : start + self.batch_size])
+        return len(prepared)
+
+    def _prepare_row(self, row: dict[str, Any], now: int) -> dict[str, Any]:
+        where = f"chunk {row.get('id')!r} of {row.get('source')!r}"
+        missing = [f for f in ROW_FIELDS if f not in row and f != "ingested_at"]
+        if missing:
+            raise ValueError(f"{where}: missing fields {missing}")
+        vector = row[VECTOR_FIELD]
+        vector = vector.tolist() if hasattr(vector, "tolist") else list(vector)
+        if len(vector) != self.dim:
+            raise ValueError(f"{where}: vector has {len(vector)} values, expected {self.dim}")
+        out: dict[str, Any] = {VECTOR_FIELD: vector}
+        for name, (type_name, max_length) in SCALAR_FIELDS.items():
+            value = row.get(name, now) if name == "ingested_at" else row[name]
+            if type_name == "INT64":
+                out[name] = int(value)
+                continue
+            value = str(value)
+            if max_length is not None and len(value.encode("utf-8")) > max_length:
+                raise ValueError(f"{where}: {name} is longer than {max_length} bytes")
+            out[name] = value
+        return out
+
+    def delete_sources(self, sources: Iterable[str]) -> int:
+        """Delete every row of the given sources; returns the number of rows deleted."""
+        self.check_collection()
+        sources = sorted(set(sources))
+        deleted = 0
+        # Filters are kept to a moderate length; one expression per 100 sources.
+        for start in range(0, len(sources), 100):
+            batch = sources[start : start + 100]
+            expr = f"source in [{', '.join(milvus_string(s) for s in batch)}]"
+            result = self.client.delete(self.collection, filter=expr)
+            # Milvus Lite answers with the deleted keys, a server with a delete count.
+            if isinstance(result, list):
+                deleted += len(result)
+            else:
+                deleted += int(result.get("delete_count", 0))
+        return deleted
+
+    # -- reads -----------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Number of rows, deletes included (unlike the lazily updated collection stats)."""
+        self.check_collection()
+        rows = self.client.query(
+            self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
+        )
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def iter_rows(
+        self, output_fields: Sequence[str] = ("source", "doc_hash"), batch_size: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Yield every row (``id`` plus ``output_fields``) in pages, without loading all at once."""
+        self.check_collection()
+        fields = ["id", *[f for f in output_fields if f != "id"]]
+        iterator = self.client.query_iterator(
+            self.collection, batch_size=batch_size, output_fields=fields, consistency_level="Strong"
+        )
+        try:
+            while True:
+                page = iterator.next()
+                if not page:
+                    break
+                yield from page
+        finally:
+            iterator.close()
+
+    def doc_hashes(self) -> dict[str, str]:
+        """``{source: doc_hash}`` of the stored documents.
+
+        A source whose rows disagree on ``doc_hash`` (a run stopped half-way) maps to "",
+        which matches no document, so the next run rewrites it.
+        """
+        hashes: dict[str, str] = {}
+        for row in self.iter_rows(("source", "doc_hash")):
+            source, doc_hash = row["source"], row["doc_hash"]
+            hashes[source] = doc_hash if hashes.get(source, doc_hash) == doc_hash else ""
+        return hashes
+
+    def search(
+        self, vectors: "np.ndarray | Sequence[Sequence[float]]", k: int = 5
+    ) -> list[list[dict[str, Any]]]:
+        """Top-``k`` rows for each query vector, best first.
+
+        Each hit: ``id``, ``score`` (Milvus' distance: a similarity for COSINE and IP, where
+        higher is better; a distance for L2, where lower is better), and the stored
+        ``text``, ``source``, ``heading_path``, ``position``.
+        """
+        self.check_collection()
+        data = [v.tolist() if hasattr(v, "tolist") else list(v) for v in vectors]
+        if not data:
+            return []
+        params: dict[str, Any] = {"metric_type": self.metric}
+        if self.index_type == "HNSW":
+            params["params"] = {"ef": max(64, k)}
+        elif self.index_type.startswith("IVF"):
+            params["params"] = {"nprobe": 16}
+        results = self.client.search(
+            self.collection,
+            data=data,
+            limit=k,
+            output_fields=SEARCH_OUTPUT_FIELDS,
+            search_params=params,
+            consistency_level="Strong",
+        )
+        return [[_hit_dict(hit) for hit in hits] for hits in results]
+
+
+def _hit_dict(hit: Any) -> dict[str, Any]:
+    entity = hit["entity"]
+    return {
+        "id": hit["id"],
+        "score": float(hit["distance"]),
+        **{field: entity.get(field) for field in SEARCH_OUTPUT_FIELDS},
+    }
