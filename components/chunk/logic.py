@@ -3,26 +3,48 @@
 Markdown is first cut into sections at its headings (each chunk remembers its heading
 path, e.g. "Install > Quick start"), then every section is split to at most
 ``chunk_tokens`` tokens of the embedding model's tokenizer, with ``overlap_tokens`` of
-overlap, preferring paragraph, then line, then word boundaries. Plain text is split by
-tokens only. A file that cannot be read as UTF-8 text is quarantined, not fatal.
+overlap, preferring paragraph, then line, then word boundaries. HTML is turned into
+Markdown first (BeautifulSoup + markdownify), so its headings give heading paths too; PDF
+text (pypdf) is split page by page, plain text by tokens only. Front matter, HTML meta
+tags and PDF document info are kept as each chunk's ``metadata``. A file that cannot be
+read or parsed is quarantined with the reason, and the rest goes on.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from modelchain.core.io import sha256_bytes, sha256_text
+from modelchain.core.progress import progress_bar
 
-MARKDOWN_SUFFIXES = (".md", ".markdown")
+MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
+HTML_SUFFIXES = (".html", ".htm", ".xhtml")
+PDF_SUFFIXES = (".pdf",)
 HEADING_SEPARATOR = " > "
 _HEADING_KEYS = [("#" * level, f"h{level}") for level in range(1, 7)]
 _FRONT_MATTER = re.compile(
     r"\A---[ \t]*\n(.*?)^(?:---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE
 )
 _FENCE = re.compile(r"^(```|~~~)", re.MULTILINE)
+# HTML elements whose text is not document content.
+_HTML_DROP = ["script", "style", "noscript", "template", "svg", "canvas", "iframe", "object", "head"]
+_HTML_META = ("description", "author", "keywords", "og:title", "og:description", "dc.title", "dc.creator")
+
+
+def document_format(source: str) -> str:
+    """``markdown``, ``html``, ``pdf`` or ``text``, from the file name."""
+    name = source.lower()
+    if name.endswith(MARKDOWN_SUFFIXES):
+        return "markdown"
+    if name.endswith(HTML_SUFFIXES):
+        return "html"
+    if name.endswith(PDF_SUFFIXES):
+        return "pdf"
+    return "text"
 
 
 def chunk_documents(
@@ -30,15 +52,17 @@ def chunk_documents(
     tokenizer: Any,
     chunk_tokens: int = 256,
     overlap_tokens: int = 32,
+    progress: bool = True,
 ) -> tuple[list[dict], list[dict]]:
-    """Chunk the files named by discover records (``source``, ``path``).
+    """Chunk the documents named by discover records (``source`` and ``path`` or ``uri``).
 
     Returns ``(chunks, quarantined)``. Each chunk: ``id`` (sha256 of source, NUL, content
-    hash), ``source``, ``heading_path``, ``position`` (0.. within its document), ``text``,
-    ``content_hash`` (sha256 of heading path, NUL, text), ``doc_hash`` (sha256 of the file's
-    bytes) and ``metadata`` (the YAML front matter, if any). Each quarantined file:
-    ``{source, reason}``. A chunk repeated verbatim under the same heading of a document
-    is kept once: it would add nothing to retrieval and would collide on its id.
+    hash), ``source``, ``uri``, ``format``, ``heading_path``, ``position`` (0.. within its
+    document), ``text``, ``content_hash`` (sha256 of heading path, NUL, text),
+    ``doc_hash`` (sha256 of the file's bytes) and ``metadata`` (front matter, HTML meta
+    tags or PDF info). Each quarantined file: ``{source, reason}``. A chunk repeated
+    verbatim under the same heading of a document is kept once: it would add nothing to
+    retrieval and would collide on its id.
     """
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
@@ -47,50 +71,161 @@ def chunk_documents(
             f"overlap_tokens must be in [0, chunk_tokens), got {overlap_tokens} with "
             f"chunk_tokens={chunk_tokens}"
         )
-    markdown_splitter, text_splitter = _token_splitters(tokenizer, chunk_tokens, overlap_tokens)
-
+    splitters = _token_splitters(tokenizer, chunk_tokens, overlap_tokens)
+    documents = list(documents)
+    reader = DocumentReader()
     chunks: list[dict] = []
     quarantined: list[dict] = []
-    for doc in documents:
-        source = doc["source"]
-        try:
-            raw = Path(doc["path"]).read_bytes()
-        except OSError as exc:
-            quarantined.append({"source": source, "reason": f"cannot read file: {exc}"})
-            continue
-        try:
-            text = _decode(raw)
-            is_markdown = source.lower().endswith(MARKDOWN_SUFFIXES)
-            metadata, text = split_front_matter(text) if is_markdown else ({}, text)
-        except ValueError as exc:
-            quarantined.append({"source": source, "reason": str(exc)})
-            continue
-
-        doc_hash = sha256_bytes(raw)
-        sections = markdown_sections(text) if is_markdown else [("", text)]
-        splitter = markdown_splitter if is_markdown else text_splitter
-        seen: set[str] = set()
-        position = -1
-        for heading_path, section in sections:
-            for piece in splitter.split_text(section):
-                content_hash = sha256_text(f"{heading_path}\0{piece}")
-                if not piece.strip() or content_hash in seen:
-                    continue
-                seen.add(content_hash)
-                position += 1
-                chunks.append(
-                    {
-                        "id": sha256_text(f"{source}\0{content_hash}"),
-                        "source": source,
-                        "heading_path": heading_path,
-                        "position": position,
-                        "text": piece,
-                        "content_hash": content_hash,
-                        "doc_hash": doc_hash,
-                        "metadata": metadata,
-                    }
-                )
+    with progress_bar(len(documents), "Chunking", "doc", progress) as bar:
+        for doc in documents:
+            bar.update(1)
+            source = doc["source"]
+            try:
+                raw = reader.read(doc)
+            except OSError as exc:
+                quarantined.append({"source": source, "reason": f"cannot read file: {exc}"})
+                continue
+            try:
+                fmt, metadata, sections = parse_document(source, raw)
+            except Exception as exc:  # noqa: BLE001 - a corrupt file of any kind must not stop the corpus
+                reason = str(exc) if isinstance(exc, ValueError) else f"cannot parse: {type(exc).__name__}: {exc}"
+                quarantined.append({"source": source, "reason": reason})
+                continue
+            chunks.extend(
+                _chunk_sections(doc, fmt, metadata, sections, sha256_bytes(raw), splitters[fmt])
+            )
     return chunks, quarantined
+
+
+def _chunk_sections(
+    doc: dict, fmt: str, metadata: dict, sections: Sequence[tuple[str, str]], doc_hash: str, splitter: Any
+) -> list[dict]:
+    source = doc["source"]
+    seen: set[str] = set()
+    out: list[dict] = []
+    for heading_path, section in sections:
+        for piece in splitter.split_text(section):
+            content_hash = sha256_text(f"{heading_path}\0{piece}")
+            if not piece.strip() or content_hash in seen:
+                continue
+            seen.add(content_hash)
+            out.append(
+                {
+                    "id": sha256_text(f"{source}\0{content_hash}"),
+                    "source": source,
+                    "uri": doc.get("uri", source),
+                    "format": fmt,
+                    "heading_path": heading_path,
+                    "position": len(out),
+                    "text": piece,
+                    "content_hash": content_hash,
+                    "doc_hash": doc_hash,
+                    "metadata": metadata,
+                }
+            )
+    return out
+
+
+class DocumentReader:
+    """Reads a discover record's bytes: a local ``path``, else an ``s3://`` ``uri``.
+
+    A missing or refused object raises OSError (the document is quarantined); an S3
+    endpoint that cannot be reached, or missing credentials, raise RuntimeError, since
+    every other document would fail the same way.
+    """
+
+    def __init__(self) -> None:
+        self._s3: Any = None
+
+    def read(self, doc: dict) -> bytes:
+        if doc.get("path"):
+            return Path(doc["path"]).read_bytes()
+        uri = doc.get("uri", "")
+        if not uri.startswith("s3://"):
+            raise OSError(f"no local path and not an s3:// URI: {uri!r}")
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from modelchain.components.discover.logic import s3_client, split_s3_uri
+
+        if self._s3 is None:
+            self._s3 = s3_client()
+        bucket, key = split_s3_uri(uri)
+        try:
+            return self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise OSError(f"{uri}: {error.get('Code', '')} {error.get('Message', '')}".strip()) from None
+        except BotoCoreError as exc:
+            raise RuntimeError(f"cannot read {uri}: {exc}") from None
+
+
+def parse_document(source: str, raw: bytes) -> tuple[str, dict, list[tuple[str, str]]]:
+    """``(format, metadata, [(heading_path, text)])`` of one file; ValueError if unreadable."""
+    fmt = document_format(source)
+    if fmt == "pdf":
+        metadata, pages = pdf_pages(raw)
+        return fmt, metadata, pages
+    if fmt == "html":
+        metadata, text = html_to_markdown(raw)
+        return fmt, metadata, markdown_sections(text)
+    text = _decode(raw)
+    if fmt == "markdown":
+        metadata, text = split_front_matter(text)
+        return fmt, metadata, markdown_sections(text)
+    return fmt, {}, [("", text)]
+
+
+def html_to_markdown(raw: bytes) -> tuple[dict, str]:
+    """``(metadata, markdown)`` of an HTML page: title and meta tags, and the body as Markdown.
+
+    BeautifulSoup finds the encoding (BOM, ``<meta charset>``, then a guess); markdownify
+    writes headings as ``#`` lines, so the Markdown splitter gives heading paths. Scripts,
+    styles and other non-content elements are dropped, links and images keep their text only.
+    """
+    if b"\x00" in raw[:8192]:
+        raise ValueError("binary content: the file contains NUL bytes")
+    from bs4 import BeautifulSoup
+    from markdownify import MarkdownConverter
+
+    soup = BeautifulSoup(raw, "html.parser")
+    metadata: dict[str, Any] = {}
+    if soup.title and soup.title.get_text(strip=True):
+        metadata["title"] = soup.title.get_text(" ", strip=True)
+    for meta in soup.find_all("meta"):
+        name = (meta.get("name") or meta.get("property") or "").lower()
+        if name in _HTML_META and meta.get("content"):
+            metadata[name] = meta["content"]
+    if soup.html and soup.html.get("lang"):
+        metadata["lang"] = soup.html["lang"]
+    for tag in soup(_HTML_DROP):
+        tag.decompose()
+    converter = MarkdownConverter(heading_style="ATX", strip=["a", "img"], bullets="-")
+    text = converter.convert_soup(soup.body or soup)
+    # markdownify leaves runs of blank lines where blocks were removed.
+    return metadata, re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def pdf_pages(raw: bytes) -> tuple[dict, list[tuple[str, str]]]:
+    """``(metadata, [("page N", text)])`` of a PDF, with pypdf; pages without text are left out."""
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(raw))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise ValueError("encrypted PDF: it needs a password")
+        metadata: dict[str, Any] = {}
+        for key, value in (reader.metadata or {}).items():
+            if value is not None and str(value).strip():
+                metadata[key.lstrip("/").lower()] = str(value)
+        pages = [(f"page {i}", page.extract_text() or "") for i, page in enumerate(reader.pages, 1)]
+    except PdfReadError as exc:
+        raise ValueError(f"not a readable PDF: {exc}") from None
+    pages = [(heading, text) for heading, text in pages if text.strip()]
+    if not pages:
+        raise ValueError("no extractable text in the PDF (a scanned PDF needs OCR first)")
+    metadata["pages"] = len(reader.pages)
+    return metadata, pages
 
 
 def _decode(raw: bytes) -> str:
@@ -164,7 +299,8 @@ def _clean_heading(heading: str) -> str:
     return re.sub(r"\s+#+\s*$", "", heading).strip()
 
 
-def _token_splitters(tokenizer: Any, chunk_tokens: int, overlap_tokens: int) -> tuple[Any, Any]:
+def _token_splitters(tokenizer: Any, chunk_tokens: int, overlap_tokens: int) -> dict[str, Any]:
+    """The token-sized splitter of each format: Markdown separators for Markdown and HTML."""
     from langchain_text_splitters import Language, RecursiveCharacterTextSplitter
 
     # What from_huggingface_tokenizer measures, minus the tokenizer's warning that a whole
@@ -184,4 +320,30 @@ def _token_splitters(tokenizer: Any, chunk_tokens: int, overlap_tokens: int) -> 
         separators=RecursiveCharacterTextSplitter.get_separators_for_language(Language.MARKDOWN),
         is_separator_regex=True,
     )
-    return markdown, make()
+    text = make()
+    return {
+        "markdown": _WholeIfItFits(markdown, count_tokens, chunk_tokens),
+        "html": _WholeIfItFits(markdown, count_tokens, chunk_tokens),
+        "pdf": _WholeIfItFits(text, count_tokens, chunk_tokens),
+        "text": _WholeIfItFits(text, count_tokens, chunk_tokens),
+    }
+
+
+class _WholeIfItFits:
+    """A section that fits the budget is one chunk, as the splitter would make it.
+
+    The recursive splitter measures every candidate piece and merge; most sections of
+    real documents are shorter than a chunk, and one count tells so (chunking is then
+    several times faster, which is most of a re-ingest).
+    """
+
+    def __init__(self, splitter: Any, count_tokens: Any, chunk_tokens: int) -> None:
+        self.splitter, self.count_tokens, self.chunk_tokens = splitter, count_tokens, chunk_tokens
+
+    def split_text(self, text: str) -> list[str]:
+        stripped = text.strip()
+        if not stripped:
+            return []
+        if self.count_tokens(stripped) <= self.chunk_tokens:
+            return [stripped]
+        return self.splitter.split_text(text)

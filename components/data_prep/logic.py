@@ -1,26 +1,38 @@
-"""Data prep: read an instruction dataset, validate every row, split it deterministically.
+"""Data prep: read instruction data from anywhere, validate, clean, budget, split and describe it.
 
-Plain Python, callable without KFP. Rows become the chat format the trainers use
-(`{"messages": [...]}`); a bad row goes to the quarantine file with its line number and
-reason; the splits are decided by each row's content hash and the seed, so the same data
-always lands in the same split and the test split stays held out from training.
+Plain Python, callable without KFP; `prepare()` is what the component and `modelchain data
+prep` call. The rows stream through in batches, so memory stays bounded whatever the input
+size:
+
+    sources (sources.py, feedback.py) -> per row, in worker processes (rows.py): parse,
+    field mapping and validation (bad rows to the quarantine with source, line/row and
+    reason), Unicode normalisation, PII scrubbing (pii.py), length filters, token budget
+    (tokens.py), output lines, MinHash signatures -> in order, in this process: exact and
+    near dedup (cleaning.py), split by content hash and seed (optionally stratified), the
+    files (formats.py), the data card (card.py)
+
+Everything is written inside a temporary folder that replaces `out_dir` only at the end,
+so a failure never leaves outputs that look complete.
 """
 
 from __future__ import annotations
 
-import json
-import unicodedata
+import os
+import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from modelchain.core.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_text
+import orjson
+
+from modelchain.components.data_prep.sources import Batch, DataError, expand, read_batches
+from modelchain.core.io import atomic_dir, atomic_write_json, atomic_write_text, sha256_text
 
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """The dataset cannot be used; the message names the file (and row, where there is one)."""
+QUARANTINE_IN_CARD = 20
+__all__ = ["DataError", "FieldMap", "PrepResult", "DedupOptions", "PiiOptions", "TokenOptions", "prepare",
+           "options_from_settings", "row_to_messages", "split_of"]
 
 
 @dataclass
@@ -33,18 +45,42 @@ class FieldMap:
 
 
 @dataclass
+class DedupOptions:
+    exact: bool = True
+    near: bool = True
+    threshold: float = 0.85  # estimated Jaccard similarity of word shingles
+    num_perm: int = 64
+    shingle_words: int = 3
+
+
+@dataclass
+class PiiOptions:
+    enabled: bool = True
+    kinds: list[str] = field(default_factory=list)  # [] = every kind
+
+
+@dataclass
+class TokenOptions:
+    max_tokens: int = 0  # 0 = no budget
+    action: str = "drop"  # drop | truncate
+    tokenizer_dir: Optional[str] = None  # a Hugging Face model or tokenizer folder with a chat template
+    sample_rows: int = 2000  # rows whose exact lengths make the histogram
+
+
+@dataclass
 class PrepResult:
     out_dir: Path
     card: dict[str, Any]
     split_paths: dict[str, Path] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # how the run went (worker memory), not in the card
 
 
-def _clean(text: str) -> str:
-    return unicodedata.normalize("NFC", text).strip()
+# --------------------------------------------------------------------------- one row
+def row_to_messages(row: Any, fields: FieldMap, system_prompt: Optional[str], min_response_chars: int = 0,
+                    normalization: str = "NFC") -> list[dict]:
+    """One source row as normalised chat messages; raises ValueError with the reason a row is bad."""
+    from modelchain.components.data_prep.cleaning import normalize
 
-
-def row_to_messages(row: Any, fields: FieldMap, system_prompt: Optional[str], min_response_chars: int) -> list[dict]:
-    """One source row as chat messages; raises ValueError with the reason a row is bad."""
     if not isinstance(row, dict):
         raise ValueError(f"row is a {type(row).__name__}, not an object")
     if fields.messages:
@@ -57,9 +93,13 @@ def row_to_messages(row: Any, fields: FieldMap, system_prompt: Optional[str], mi
                 raise ValueError(f"message {i} has no string 'content'")
             if message.get("role") not in ("system", "user", "assistant"):
                 raise ValueError(f"message {i} has role {message.get('role')!r}")
-            out.append({"role": message["role"], "content": _clean(message["content"])})
+            out.append({"role": message["role"], "content": normalize(message["content"], normalization)})
         if out[-1]["role"] != "assistant":
             raise ValueError("the last message is not the assistant's answer")
+        if not any(m["role"] == "user" for m in out):
+            raise ValueError("no user message")
+        if system_prompt and out[0]["role"] != "system":
+            out.insert(0, {"role": "system", "content": system_prompt})
     else:
         values = {}
         for name in ("prompt", "response"):
@@ -67,14 +107,16 @@ def row_to_messages(row: Any, fields: FieldMap, system_prompt: Optional[str], mi
             value = row.get(key)
             if not isinstance(value, str):
                 raise ValueError(f"field {key!r} missing or not a string")
-            values[name] = _clean(value)
+            values[name] = normalize(value, normalization)
         if not values["prompt"]:
             raise ValueError(f"field {fields.prompt!r} is empty")
+        if not values["response"]:
+            raise ValueError(f"field {fields.response!r} is empty")
         prompt = values["prompt"]
         if fields.context and isinstance(row.get(fields.context), str) and row[fields.context].strip():
-            prompt = f"Context:\n{_clean(row[fields.context])}\n\n{prompt}"
+            prompt = f"Context:\n{normalize(row[fields.context], normalization)}\n\n{prompt}"
         system = row.get(fields.system) if fields.system else None
-        system = _clean(system) if isinstance(system, str) and system.strip() else system_prompt
+        system = normalize(system, normalization) if isinstance(system, str) and system.strip() else system_prompt
         out = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt},
             {"role": "assistant", "content": values["response"]},
@@ -84,14 +126,113 @@ def row_to_messages(row: Any, fields: FieldMap, system_prompt: Optional[str], mi
     return out
 
 
+def _point(content_hash: str, seed: int) -> float:
+    return int(sha256_text(f"{seed}:{content_hash}")[:15], 16) / float(16**15)
+
+
 def split_of(content_hash: str, seed: int, val_fraction: float, test_fraction: float) -> str:
     """Deterministic split from the content hash and seed: stable across runs and machines."""
-    point = int(sha256_text(f"{seed}:{content_hash}")[:15], 16) / float(16**15)
+    point = _point(content_hash, seed)
     if point < test_fraction:
         return "test"
     if point < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+# --------------------------------------------------------------------------- the run
+class _Run:
+    """The main process's side of one prepare() call: dedup indexes, splits, files, counters."""
+
+    def __init__(self, out: Path, work: Path, opts: dict):
+        from modelchain.components.data_prep.cleaning import ExactDuplicates, NearDuplicates
+        from modelchain.components.data_prep.formats import SplitWriters
+        from modelchain.components.data_prep.tokens import Reservoir
+
+        self.o = opts
+        self.counts: Counter = Counter()
+        self.pii: Counter = Counter()
+        self.quarantine_head: list[dict] = []
+        self.quarantine_file = open(out / "quarantine.jsonl", "wb")
+        dedup: DedupOptions = opts["dedup"]
+        self.exact = ExactDuplicates() if dedup.exact else None
+        self.near = (NearDuplicates(dedup.threshold, dedup.num_perm, dedup.shingle_words, spool_dir=work)
+                     if dedup.near else None)
+        self.sample = Reservoir(opts["tokens"].sample_rows, opts["seed"])
+        self.stratified = bool(opts["stratify_by"])
+        self.writers = SplitWriters(out)
+        self.spool = open(work / "rows.jsonl", "wb") if self.stratified else None
+        self.strata: dict[str, int] = {}
+        self.row_strata: list[int] = []
+        self.row_points: list[float] = []
+        self.worker_rss_kb: dict[int, int] = {}
+
+    def consume(self, result) -> None:
+        """One batch's results, in input order: quarantine, dedup, then each kept row to its split."""
+        import numpy as np
+
+        self.counts.update(result.counts)
+        self.pii.update(result.pii)
+        self.worker_rss_kb[result.pid] = max(self.worker_rss_kb.get(result.pid, 0), result.peak_rss_kb)
+        for entry in result.quarantine:
+            self.quarantine_file.write(orjson.dumps(entry) + b"\n")
+            if len(self.quarantine_head) < QUARANTINE_IN_CARD:
+                self.quarantine_head.append(entry)
+        keep = np.ones(len(result.hashes), dtype=bool)
+        if self.exact is not None and keep.any():
+            keep &= ~self.exact.check_and_add(np.array([int(h[:16], 16) for h in result.hashes], dtype=np.uint64))
+        self.counts["after_exact"] += int(keep.sum())
+        if self.near is not None and keep.any():
+            index = np.flatnonzero(keep)
+            keep[index[self.near.check_and_add_signatures(result.signatures[index])]] = False
+        self.counts["after_near"] += int(keep.sum())
+        o = self.o
+        for i in np.flatnonzero(keep).tolist():
+            content_hash, lines = result.hashes[i], result.lines[i]
+            self.sample.offer(lines[0])
+            if not self.stratified:
+                self.writers.write(split_of(content_hash, o["seed"], o["val_fraction"], o["test_fraction"]), lines)
+                continue
+            self.row_strata.append(self.strata.setdefault(result.strata[i], len(self.strata)))
+            self.row_points.append(_point(content_hash, o["seed"]))
+            self.spool.write(b"\n".join(lines) + b"\n")
+
+    def stratified_splits(self) -> None:
+        """Within each stratum, the rows ordered by hash point are cut at the split fractions."""
+        import numpy as np
+
+        self.spool.close()
+        strata = np.array(self.row_strata, dtype=np.int32)
+        points = np.array(self.row_points, dtype=np.float64)
+        assignment = np.zeros(len(strata), dtype=np.int8)  # 0 train, 1 val, 2 test
+        test_f, val_f = self.o["test_fraction"], self.o["val_fraction"]
+        for s in range(len(self.strata)):
+            members = np.flatnonzero(strata == s)
+            ordered = members[np.argsort(points[members], kind="stable")]
+            n_test, n_val = round(len(ordered) * test_f), round(len(ordered) * (test_f + val_f))
+            assignment[ordered[:n_test]] = 2
+            assignment[ordered[n_test:n_val]] = 1
+        with open(self.spool.name, "rb") as spool:
+            for split in assignment.tolist():
+                lines = (spool.readline()[:-1], spool.readline()[:-1], spool.readline()[:-1])
+                self.writers.write(SPLITS[split], lines)
+        self.strata_counts = {name: int((strata == s).sum()) for name, s in self.strata.items()}
+
+    def close(self) -> None:
+        self.quarantine_file.close()
+        if self.near is not None:
+            self.near.close()
+        if self.spool is not None and not self.spool.closed:
+            self.spool.close()
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} rows"),
+                    TimeElapsedColumn(), transient=True)
 
 
 def prepare(
@@ -105,94 +246,205 @@ def prepare(
     seed: int = 0,
     max_bad_fraction: float = 0.05,
     min_response_chars: int = 1,
+    min_prompt_chars: int = 1,
+    source_format: str = "auto",
+    normalization: str = "NFC",
+    stratify_by: Optional[str] = None,
+    dedup: DedupOptions | None = None,
+    pii: PiiOptions | None = None,
+    tokens: TokenOptions | None = None,
+    feedback=None,
+    workers: int = 1,
+    progress: bool = False,
 ) -> PrepResult:
-    """Validate and split `source_uri` (a local JSONL file) into `out_dir`.
+    """Read `source_uri` (files, folders, S3 prefixes or globs, comma-separated; may be empty
+    when `feedback` is given) and production traces from `feedback` (a FeedbackOptions),
+    and write into `out_dir`: train/val/test.jsonl (chat), nemo_sft/, nemo_chat/,
+    quarantine.jsonl, data_card.json, data_card.md and token_lengths.png.
 
-    Writes train/val/test.jsonl, quarantine.jsonl, data_card.json and data_card.md; the
-    folder appears only when everything succeeded.
+    `workers` > 1 runs the per-row work in that many processes (0 = one per CPU); the
+    output is the same for any number. Raises DataError, naming the source, when the data
+    cannot be used.
     """
-    fields = fields or FieldMap()
-    source = Path(source_uri.removeprefix("file://"))
-    if not source.is_file():
-        raise DataError(f"{source_uri}: no such dataset file")
-    splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
-    quarantine: list[dict] = []
-    seen: set[str] = set()
-    rows_in = duplicates = 0
-    with open(source, encoding="utf-8", errors="strict") as handle:
-        try:
-            for line_no, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                rows_in += 1
-                try:
-                    messages = row_to_messages(json.loads(line), fields, system_prompt, min_response_chars)
-                except json.JSONDecodeError as exc:
-                    quarantine.append({"source": source_uri, "line": line_no, "reason": f"malformed JSON: {exc.msg}"})
-                    continue
-                except ValueError as exc:
-                    quarantine.append({"source": source_uri, "line": line_no, "reason": str(exc)})
-                    continue
-                content_hash = sha256_text(json.dumps(messages, sort_keys=True, ensure_ascii=False))
-                if content_hash in seen:
-                    duplicates += 1
-                    continue
-                seen.add(content_hash)
-                split = split_of(content_hash, seed, val_fraction, test_fraction)
-                splits[split].append({"messages": messages, "id": content_hash[:16]})
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{source_uri}: not UTF-8 text near byte {exc.start} (line {rows_in + 1})") from exc
-    if rows_in == 0:
-        raise DataError(f"{source_uri}: the dataset is empty")
-    bad_fraction = len(quarantine) / rows_in
-    if bad_fraction > max_bad_fraction:
-        first = quarantine[0]
-        raise DataError(
-            f"{source_uri}: {len(quarantine)} of {rows_in} rows are bad ({bad_fraction:.1%} > "
-            f"data.max_bad_fraction {max_bad_fraction:.1%}); first: line {first['line']}: {first['reason']}"
-        )
-    if not splits["train"]:
-        raise DataError(f"{source_uri}: no rows left to train on")
+    from modelchain.components.data_prep.rows import StageConfig, results, worker_count
 
-    card = {
-        "source_uris": [source_uri],
-        "rows_in": rows_in,
-        "rows_quarantined": len(quarantine),
-        "rows_deduplicated": duplicates,
-        "rows_out": sum(len(rows) for rows in splits.values()),
-        "seed": seed,
-        "splits": {},
+    if normalization not in ("NFC", "NFKC"):
+        raise DataError(f"normalization must be NFC or NFKC, got {normalization!r}")
+    opts = {
+        "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed, "stratify_by": stratify_by,
+        "normalization": normalization, "dedup": dedup or DedupOptions(), "tokens": tokens or TokenOptions(),
     }
+    opts["pii"] = pii or PiiOptions()
+    permutations = None
+    if opts["dedup"].near:
+        from modelchain.components.data_prep.cleaning import datasketch_permutations
+
+        permutations = datasketch_permutations(opts["dedup"].num_perm)
+    stage = StageConfig(fields or FieldMap(), system_prompt, normalization, stratify_by, min_prompt_chars,
+                        min_response_chars, seed, opts["pii"], opts["tokens"], opts["dedup"], permutations)
+    if stage.pii.enabled:
+        from modelchain.components.data_prep.pii import Scrubber
+
+        try:
+            Scrubber(stage.pii.kinds)
+        except ValueError as exc:
+            raise DataError(f"data.pii.kinds: {exc}") from exc
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        for name, rows in splits.items():
-            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            atomic_write_text(tmp / f"{name}.jsonl", text)
-            card["splits"][name] = {"count": len(rows), "sha256": sha256_text(text)}
-        atomic_write_jsonl(tmp / "quarantine.jsonl", quarantine)
-        atomic_write_json(tmp / "data_card.json", card)
-        atomic_write_text(tmp / "data_card.md", render_card(card, quarantine))
-    return PrepResult(out_dir, card, {name: out_dir / f"{name}.jsonl" for name in SPLITS})
+    sources = expand(source_uri) if source_uri.strip() else []
+    traces = None
+    if feedback is not None and feedback.uri:
+        from modelchain.components.data_prep.feedback import TraceReader
+
+        try:
+            traces = TraceReader(feedback, system_prompt)
+        except ValueError as exc:
+            raise DataError(f"data.feedback: {exc}") from exc
+    if not sources and traces is None:
+        raise DataError("no data source: set data.source.uri or data.feedback.uri")
+    where = source_uri if source_uri.strip() else feedback.uri
+    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix=".data-prep-", dir=out_dir.parent) as work:
+        run = _Run(tmp, Path(work), opts)
+        bar = _progress(progress)
+        try:
+            if bar is not None:
+                bar.start()
+                task = bar.add_task("data prep", total=None)
+            for result in results(_all_batches(sources, source_format, traces), stage, worker_count(workers)):
+                run.consume(result)
+                if bar is not None:
+                    bar.update(task, completed=run.counts["rows_in"])
+            rows_in = run.counts["rows_in"]
+            if rows_in == 0:
+                raise DataError(f"{where}: the dataset is empty")
+            bad = run.counts["quarantined"]
+            if bad / rows_in > max_bad_fraction:
+                first = run.quarantine_head[0]
+                at = f"line {first['line']}" if "line" in first else f"row {first['row']}"
+                raise DataError(
+                    f"{where}: {bad} of {rows_in} rows are bad ({bad / rows_in:.1%} > data.max_bad_fraction "
+                    f"{max_bad_fraction:.1%}); first: {first['source']} {at}: {first['reason']}"
+                )
+            if run.stratified:
+                run.stratified_splits()
+            splits = run.writers.close()
+            if splits["train"]["count"] == 0:
+                raise DataError(f"{where}: no rows left to train on")
+            card = _card(run, splits, [s.uri for s in sources], traces, tmp)
+            atomic_write_json(tmp / "data_card.json", card)
+            from modelchain.components.data_prep.card import render_card
+
+            atomic_write_text(tmp / "data_card.md", render_card(card, run.quarantine_head))
+        except BaseException:
+            run.writers.abort()
+            raise
+        finally:
+            run.close()
+            if bar is not None:
+                bar.stop()
+    stats = {"worker_peak_rss_mb": {pid: kb / 1024 for pid, kb in run.worker_rss_kb.items() if pid != os.getpid()}}
+    return PrepResult(out_dir, card, {name: out_dir / f"{name}.jsonl" for name in SPLITS}, stats)
 
 
-def render_card(card: dict, quarantine: list[dict]) -> str:
-    lines = [
-        "# Data card",
-        "",
-        f"Sources: {', '.join(card['source_uris'])}",
-        "",
-        "| stage | rows |",
-        "| --- | ---: |",
-        f"| read | {card['rows_in']} |",
-        f"| quarantined | {card['rows_quarantined']} |",
-        f"| exact duplicates dropped | {card['rows_deduplicated']} |",
-        f"| kept | {card['rows_out']} |",
-        "",
-        "| split | rows | sha256 |",
-        "| --- | ---: | --- |",
+def _all_batches(sources, source_format: str, traces) -> Iterator[tuple[Batch, bool]]:
+    """Every batch of the sources, then of the traces (already `{"messages": [...]}` rows)."""
+    for source in sources:
+        for batch in read_batches(source, source_format):
+            yield batch, False
+    if traces is not None:
+        for batch in traces.batches():
+            yield batch, True
+
+
+def _card(run: _Run, splits: dict, source_uris: list[str], traces, out: Path) -> dict:
+    from modelchain.components.data_prep.card import HISTOGRAM, length_summary, plot_histogram
+
+    c, o = run.counts, run.o
+    stages = [
+        ("read", c["rows_in"], c["rows_in"]),
+        ("valid (quarantine)", c["rows_in"], c["valid"]),
+        ("length filter", c["valid"], c["after_length"]),
+        ("token budget", c["after_length"], c["after_tokens"]),
+        ("exact dedup", c["after_tokens"], c["after_exact"]),
+        ("near dedup", c["after_exact"], c["after_near"]),
     ]
-    lines += [f"| {name} | {s['count']} | `{s['sha256'][:16]}` |" for name, s in card["splits"].items()]
-    if quarantine:
-        lines += ["", "## Quarantined rows (first 20)", ""]
-        lines += [f"- line {q['line']}: {q['reason']}" for q in quarantine[:20]]
-    return "\n".join(lines) + "\n"
+    rows_out = sum(s["count"] for s in splits.values())
+    card: dict[str, Any] = {
+        "source_uris": source_uris + (traces.summary()["uris"] if traces is not None else []),
+        "rows_in": c["rows_in"],
+        "rows_quarantined": c["quarantined"],
+        "rows_too_short": c["too_short"],
+        "rows_deduplicated": c["after_tokens"] - c["after_near"],
+        "dedup": {"exact": c["after_tokens"] - c["after_exact"], "near": c["after_exact"] - c["after_near"],
+                  "near_threshold": o["dedup"].threshold if o["dedup"].near else None},
+        "rows_out": rows_out,
+        "stages": [{"name": n, "rows_in": a, "rows_out": b} for n, a, b in stages],
+        "seed": o["seed"],
+        "normalization": o["normalization"],
+        "stratify_by": o["stratify_by"],
+        "pii": {"enabled": o["pii"].enabled, "rows_with_pii": c["rows_with_pii"],
+                "counts": dict(sorted(run.pii.items()))},
+        "tokens": {"enabled": o["tokens"].max_tokens > 0 and bool(o["tokens"].tokenizer_dir)},
+        "splits": splits,
+    }
+    tokens: TokenOptions = o["tokens"]
+    if card["tokens"]["enabled"]:
+        from modelchain.components.data_prep.tokens import TokenBudget, load_tokenizer
+
+        budget = TokenBudget(load_tokenizer(tokens.tokenizer_dir), tokens.max_tokens, tokens.action)
+        lengths = budget.lengths([orjson.loads(line)["messages"] for line in run.sample.items])
+        drawn = plot_histogram(lengths, tokens.max_tokens, out / HISTOGRAM)
+        card["tokens"].update({
+            "max_tokens": tokens.max_tokens, "action": tokens.action, "over_budget": c["over_budget"],
+            "truncated": c["truncated"], "dropped": c["dropped_tokens"], "counted_exactly": c["counted_exactly"],
+            "lengths": length_summary(lengths, tokens.max_tokens), "histogram": HISTOGRAM if drawn else None,
+        })
+    if run.stratified:
+        card["strata"] = run.strata_counts
+    if traces is not None:
+        card["feedback"] = {k: v for k, v in traces.summary().items() if k != "uris"}
+    return card
+
+
+# --------------------------------------------------------------------------- from the config
+def options_from_settings(settings: dict[str, Any], resolve_model: Callable[..., Path] | None = None) -> dict[str, Any]:
+    """prepare() keyword arguments from a composed config (`data` and `model` groups)."""
+    data = settings["data"]
+    tokens = data["tokens"]
+    tokenizer_dir = tokens["tokenizer"]
+    if tokenizer_dir is None and tokens["max_tokens"] > 0:
+        model = settings["model"]
+        if resolve_model is None:
+            from modelchain.core.models import resolve_base_model as resolve_model
+        try:
+            tokenizer_dir = str(resolve_model(model["name"], path=model["path"], gguf_package=model["gguf_package"],
+                                              gguf_file=model["gguf_file"]))
+        except (FileNotFoundError, ValueError) as exc:
+            raise DataError(f"data.tokens: no tokenizer for the token budget ({exc}); set data.tokens.tokenizer "
+                            "to a local tokenizer folder or data.tokens.max_tokens=0") from exc
+    feedback = None
+    if data["feedback"]["uri"]:
+        from modelchain.components.data_prep.feedback import FeedbackOptions
+
+        fb = data["feedback"]
+        feedback = FeedbackOptions(uri=fb["uri"], format=fb["format"], min_score=fb["min_score"],
+                                   score_names=list(fb["score_names"]), positive_labels=list(fb["positive_labels"]),
+                                   since=fb["since"], until=fb["until"])
+    return {
+        "fields": FieldMap(**data["fields"]),
+        "system_prompt": data["system_prompt"],
+        "val_fraction": data["val_fraction"],
+        "test_fraction": data["test_fraction"],
+        "seed": data["seed"],
+        "max_bad_fraction": data["max_bad_fraction"],
+        "min_response_chars": data["min_response_chars"],
+        "min_prompt_chars": data["min_prompt_chars"],
+        "source_format": data["source"]["format"],
+        "normalization": data["normalization"],
+        "stratify_by": data["stratify_by"],
+        "dedup": DedupOptions(**data["dedup"]),
+        "pii": PiiOptions(enabled=data["pii"]["enabled"], kinds=list(data["pii"]["kinds"])),
+        "tokens": TokenOptions(max_tokens=tokens["max_tokens"], action=tokens["action"],
+                               tokenizer_dir=tokenizer_dir, sample_rows=tokens["sample_rows"]),
+        "feedback": feedback,
+        "workers": data["workers"],
+    }

@@ -1,16 +1,21 @@
-"""Discover: list the documents of a corpus, with a content hash for each.
+"""Discover: list the documents of a corpus (a local folder or an S3 prefix).
 
-The hash is what makes ingestion incremental: a document whose bytes have not changed is
-not chunked, embedded or written again.
+Local files get a content hash; S3 objects their ETag and size. Either way, the chunk step
+hashes the bytes it reads, and that hash is what makes ingestion incremental: a document
+whose bytes have not changed is not embedded or written again.
 """
 
 from __future__ import annotations
 
 import glob
+import os
+import re
+from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from modelchain.core.io import sha256_file
+from modelchain.core.progress import progress_bar
 
 DEFAULT_INCLUDE = ("**/*.md", "**/*.txt")
 
@@ -19,30 +24,40 @@ def discover(
     source_uri: str,
     include: Sequence[str] = DEFAULT_INCLUDE,
     exclude: Sequence[str] = (),
+    progress: bool = True,
 ) -> list[dict]:
-    """Files under the folder ``source_uri`` matching ``include`` but no ``exclude`` glob.
+    """Documents under ``source_uri`` matching ``include`` but no ``exclude`` glob.
 
-    Globs are relative to the folder, ``**`` spanning any number of sub-folders (so
-    ``**/*.md`` also matches ``README.md`` at the top, and ``drafts/**`` everything under
-    ``drafts``); wildcards do not match hidden names. Returns one record per file,
-    sorted by ``source``: ``source`` (posix path relative to the folder), ``path``
-    (absolute), ``sha256`` and ``bytes``.
+    ``source_uri`` is a folder (a path or ``file://``) or an S3 prefix (``s3://bucket/docs/``).
+    Globs are relative to it, ``**`` spanning any number of sub-folders (so ``**/*.md``
+    also matches ``README.md`` at the top, and ``drafts/**`` everything under ``drafts``);
+    wildcards do not match hidden names. Returns one record per document, sorted by
+    ``source`` (posix path relative to the folder or prefix), with ``uri`` and ``bytes``;
+    local files also ``path`` (absolute) and ``sha256``, S3 objects ``etag``.
     """
+    for pattern in [*include, *exclude]:
+        if pattern.startswith("/") or ".." in pattern.split("/"):
+            raise ValueError(f"glob {pattern!r} must be relative to the document folder")
+    if source_uri.startswith("s3://"):
+        return _discover_s3(source_uri, include, exclude, progress)
     root = _local_root(source_uri)
     if not root.is_dir():
         raise FileNotFoundError(f"document folder not found: {source_uri}")
     excluded = {path for pattern in exclude for path in _glob(root, pattern)}
-    paths = {path for pattern in include for path in _glob(root, pattern)} - excluded
+    paths = sorted({path for pattern in include for path in _glob(root, pattern)} - excluded)
     records = []
-    for path in paths:
-        records.append(
-            {
-                "source": path.relative_to(root).as_posix(),
-                "path": str(path),
-                "sha256": sha256_file(path),
-                "bytes": path.stat().st_size,
-            }
-        )
+    with progress_bar(len(paths), "Discovering", "doc", progress) as bar:
+        for path in paths:
+            records.append(
+                {
+                    "source": path.relative_to(root).as_posix(),
+                    "uri": str(path),
+                    "path": str(path),
+                    "sha256": sha256_file(path),
+                    "bytes": path.stat().st_size,
+                }
+            )
+            bar.update(1)
     return sorted(records, key=lambda r: r["source"])
 
 
@@ -50,14 +65,115 @@ def _local_root(source_uri: str) -> Path:
     if source_uri.startswith("file://"):
         source_uri = source_uri[len("file://") :]
     elif "://" in source_uri:
-        raise ValueError(f"only local folders can be discovered so far, got {source_uri!r}")
+        raise ValueError(f"a document source is a folder or an s3:// prefix, got {source_uri!r}")
     return Path(source_uri).expanduser().resolve()
 
 
 def _glob(root: Path, pattern: str) -> list[Path]:
-    if pattern.startswith("/") or ".." in Path(pattern).parts:
-        raise ValueError(f"glob {pattern!r} must be relative to the document folder")
     # glob.glob, unlike Path.glob on Python 3.11, lets "dir/**" match the files below dir.
     # Like a shell, wildcards skip hidden names (.git, .venv) unless the pattern names them.
     matches = glob.glob(pattern, root_dir=root, recursive=True)
     return [root / match for match in matches if (root / match).is_file()]
+
+
+# ----------------------------------------------------------------------------- S3
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client from the standard chain (env keys, profile, or the pod's role).
+
+    boto3 itself honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3; a custom endpoint (an
+    S3-compatible server) also gets path-style addressing. Few retries, short connect
+    timeout: a wrong endpoint fails in seconds.
+    """
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    config = Config(
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+        s3={"addressing_style": "path"} if endpoint else {},
+    )
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.client("s3", config=config, region_name=region)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in the S3 URI {uri!r}")
+    return bucket, key
+
+
+def _discover_s3(source_uri: str, include: Sequence[str], exclude: Sequence[str], progress: bool) -> list[dict]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_s3_uri(source_uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"  # a prefix names a folder: "docs" must not match "docs-old/"
+    records = []
+    try:
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        with progress_bar(None, "Discovering", "doc", progress) as bar:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    source = obj["Key"][len(prefix) :]
+                    if source.endswith("/") or not source:
+                        continue  # a folder marker
+                    if _matches_any(source, include) and not _matches_any(source, exclude):
+                        records.append(
+                            {
+                                "source": source,
+                                "uri": f"s3://{bucket}/{obj['Key']}",
+                                "etag": obj.get("ETag", "").strip('"'),
+                                "bytes": int(obj["Size"]),
+                            }
+                        )
+                        bar.update(1)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise RuntimeError(
+            f"cannot list {source_uri}: {error.get('Code', '')} {error.get('Message', '')}".strip()
+        ) from None
+    except BotoCoreError as exc:
+        raise RuntimeError(f"cannot list {source_uri}: {exc}") from None
+    return sorted(records, key=lambda r: r["source"])
+
+
+def _matches_any(source: str, patterns: Sequence[str]) -> bool:
+    return any(_glob_regex(pattern).fullmatch(source) for pattern in patterns)
+
+
+@lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob as glob.glob(recursive=True) reads it, for S3 keys relative to the prefix."""
+    parts = pattern.split("/")
+    out = ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            # Zero or more non-hidden folders; at the end, everything below.
+            out += r"(?:[^/.][^/]*/)*" if not last else r"[^/.][^/]*(?:/[^/.][^/]*)*"
+            continue
+        piece = "(?!\\.)" if part[:1] in ("*", "?", "[") else ""
+        j = 0
+        while j < len(part):
+            char = part[j]
+            if char == "*":
+                piece += "[^/]*"
+            elif char == "?":
+                piece += "[^/]"
+            elif char == "[" and part.find("]", j + 2) != -1:
+                end = part.find("]", j + 2)  # "]" right after "[" is a member, as in glob
+                body = part[j + 1 : end]
+                body = "^" + body[1:] if body.startswith("!") else body
+                piece += "[" + body.replace("\\", "\\\\").replace("[", "\\[") + "]"
+                j = end
+            else:
+                piece += re.escape(char)
+            j += 1
+        out += piece + ("" if last else "/")
+    return re.compile(out)

@@ -1,33 +1,71 @@
-"""Embed: chunk texts -> normalised float32 vectors, in batches, with a progress bar."""
+"""Embed: chunk texts -> normalised float32 vectors, in length-sorted batches, with a progress bar."""
 
 from __future__ import annotations
 
 import logging
-import sys
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from modelchain.core.embedder import Embedder
+from modelchain.core.embedder import BaseEmbedder
+from modelchain.core.progress import progress_bar
 
 if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
 
+# Called after each batch with the chunk indices it covered and their vectors.
+BatchCallback = Callable[[list[int], "np.ndarray"], None]
 
-def embed_chunks(chunks: Sequence[dict], embedder: Embedder) -> "np.ndarray":
+
+def embed_chunks(
+    chunks: Sequence[dict],
+    embedder: BaseEmbedder,
+    on_batch: Optional[BatchCallback] = None,
+    progress: bool = True,
+) -> "np.ndarray":
     """Vectors for ``chunk["text"]`` of every chunk, row i for chunk i; shape (n, dim).
 
-    Normalised to unit length when the embedder is (its default).
+    Normalised to unit length when the embedder is (its default). Identical texts are
+    embedded once. Texts go to the model longest first in ``embedder.batch_size`` batches,
+    so a batch pads little. ``on_batch`` lets a caller write vectors while the rest are
+    still being embedded.
 
     Logs how many chunks are longer than the model reads: their tails would not count
     towards their vector, so the chunk size should be lowered.
     """
     import numpy as np
-    from tqdm.auto import tqdm
 
     texts = [chunk["text"] for chunk in chunks]
     if not texts:
         return np.zeros((0, embedder.dim), dtype=np.float32)
+    _warn_if_too_long(texts, embedder)
+
+    # Boilerplate repeated across documents (licence footers, navigation) is embedded once.
+    rows_of: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        rows_of.setdefault(text, []).append(i)
+    unique = sorted(rows_of, key=len, reverse=True)
+    vectors: "np.ndarray | None" = None
+    with progress_bar(len(texts), "Embedding", "chunk", progress) as bar:
+        for start in range(0, len(unique), embedder.batch_size):
+            batch = unique[start : start + embedder.batch_size]
+            encoded = embedder.encode(batch)
+            if vectors is None:
+                vectors = np.empty((len(texts), encoded.shape[1]), dtype=np.float32)
+            rows = [row for text in batch for row in rows_of[text]]
+            vectors[rows] = np.repeat(encoded, [len(rows_of[text]) for text in batch], axis=0)
+            if on_batch is not None:
+                on_batch(rows, vectors[rows])
+            bar.update(len(rows))
+    if len(unique) < len(texts):
+        log.info("%d of %d chunks repeat another chunk's text: embedded once", len(texts) - len(unique), len(texts))
+    assert vectors is not None
+    return vectors
+
+
+def _warn_if_too_long(texts: Sequence[str], embedder: BaseEmbedder) -> None:
+    if embedder.max_seq_length is None:
+        return
     limit = embedder.max_seq_length - 2  # the model adds [CLS] and [SEP]
     too_long = sum(1 for text in texts if embedder.count_tokens(text) > limit)
     if too_long:
@@ -35,14 +73,3 @@ def embed_chunks(chunks: Sequence[dict], embedder: Embedder) -> "np.ndarray":
             "%d of %d chunks are longer than the %d tokens the model reads; their ends "
             "are ignored when embedding", too_long, len(texts), limit,
         )
-    # Batches of similar length waste less work on padding; rows go back in chunk order.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    vectors = np.empty((len(texts), embedder.dim), dtype=np.float32)
-    # Not a TTY (a pipeline pod's log): a line every 30 s instead of a redrawn bar.
-    interval = 0.1 if sys.stderr.isatty() else 30.0
-    with tqdm(total=len(texts), desc="Embedding", unit="chunk", mininterval=interval) as bar:
-        for start in range(0, len(order), embedder.batch_size):
-            rows = order[start : start + embedder.batch_size]
-            vectors[rows] = embedder.encode([texts[i] for i in rows])
-            bar.update(len(rows))
-    return vectors

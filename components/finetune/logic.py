@@ -21,11 +21,17 @@ def run(
     lora_alpha: int,
 ) -> dict[str, Any]:
     """Train and write the adapter into `adapter_dir`; returns the training metrics."""
-    cluster_kind = settings["cluster"]["kind"]
-    if cluster_kind != "local":
-        raise RuntimeError(
-            f"cluster.kind={cluster_kind}: the PyTorchJob launcher for NeMo training is not part of "
-            "this release; run with cluster=local"
+    if settings["cluster"]["kind"] == "eks":
+        from modelchain.components.finetune.cluster import run_on_cluster
+
+        return run_on_cluster(
+            settings,
+            splits_dir,
+            adapter_dir,
+            max_steps=max_steps,
+            learning_rate=learning_rate,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
         )
     from modelchain.core.models import resolve_base_model
     from modelchain.training.local_trainer import train_lora

@@ -1,55 +1,111 @@
 """Gate: apply the policy of modelchain.eval.gate and record the decision in MLflow.
 
 The MLflow run is written whatever the decision, so a refusal is never silent: it is
-tagged `gate.decision=refused` with every reason.
+tagged `gate.decision=refused` with every reason. The run holds the lineage record that
+register copies onto the model version: `lineage.*` tags, eval metrics, the gate report,
+the eval report and results, the data card, and the resolved config and training config.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from modelchain.components.evaluate.logic import render_markdown as render_eval_markdown
 from modelchain.core import registry
-from modelchain.core.io import atomic_write_text
-from modelchain.eval.gate import GateDecision, decide, render_markdown
+from modelchain.core.config import registered_model_name
+from modelchain.core.io import atomic_write_text, sha256_text
+from modelchain.eval.gate import GateDecision, GatePolicy, decide
+from modelchain.eval.report import render_html, render_markdown
 
 
 def run(
     settings: dict[str, Any],
     results: dict,
     *,
-    thresholds: dict[str, float],
-    min_improvement: float,
+    thresholds: dict[str, float] | None = None,
+    min_improvement: float | None = None,
     report_path: str | Path,
     splits_dir: str | Path,
     adapter_dir: str | Path,
     kfp_run_id: str = "",
+    html_path: str | Path | None = None,
 ) -> tuple[GateDecision, str]:
-    """Decide, write the Markdown report, log the MLflow run; returns (decision, run id)."""
-    decision = decide(
-        results["challenger"],
-        results["base"],
-        results["n_examples"],
-        thresholds={k: float(v) for k, v in thresholds.items()},
-        min_improvement=float(min_improvement),
-        min_examples=settings["eval"]["min_examples"],
+    """Decide, write the Markdown (and HTML) report, log the MLflow run; returns (decision, run id).
+
+    `thresholds` and `min_improvement` (pipeline parameters) replace the config's values when given.
+    """
+    policy = GatePolicy.from_config(
+        settings["eval"],
+        thresholds=None if thresholds is None else {k: float(v) for k, v in thresholds.items()},
+        min_improvement=None if min_improvement is None else float(min_improvement),
     )
-    atomic_write_text(report_path, render_markdown(decision, results["challenger"], results["base"]))
-    run_id = _record(settings, decision, results, Path(report_path), Path(splits_dir), Path(adapter_dir), kfp_run_id)
+    decision = decide_results(results, policy)
+    atomic_write_text(report_path, render_markdown(decision, results, policy))
+    if html_path:
+        atomic_write_text(html_path, render_html(decision, results, policy))
+    run_id = _record(
+        settings, decision, results, Path(report_path), Path(splits_dir), Path(adapter_dir), kfp_run_id,
+        Path(html_path) if html_path else None,
+    )
     return decision, run_id
 
 
-def lineage_tags(settings: dict[str, Any], card: dict, kfp_run_id: str) -> dict[str, str]:
-    """Tags that walk from a model version back to its data, code and config."""
-    model = settings["model"]
+def decide_results(results: dict, policy: GatePolicy) -> GateDecision:
+    """The policy applied to evaluate's results (per-example scores, plus summary metrics)."""
+    sides = [s for s in ("base", "champion", "challenger") if isinstance(results.get(s), dict)]
+    scores = results.get("scores") or {
+        side: {m: [e[f"{side}_{m}"] for e in results.get("examples", []) if f"{side}_{m}" in e]
+               for m in ("exact_match", "rouge_l")}
+        for side in sides
+    }
+    summary = {side: dict(results[side]) for side in sides}
+    for side, means in (results.get("rag") or {}).get("means", {}).items():
+        summary.setdefault(side, {}).update({f"rag_{m}": v for m, v in means.items()})
+    return decide(scores, policy, summary)
+
+
+def decision_metrics(decision: GateDecision) -> dict[str, float]:
+    """Numbers for KFP Metrics and MLflow: pass/fail per rule and the intervals it used."""
+    out = {"gate.passed": 1.0 if decision.passed else 0.0}
+    for check in decision.checks:
+        out[f"gate.{check.rule}"] = 1.0 if check.passed else 0.0
+        if check.interval is not None:
+            out[f"gate.{check.rule}.mean"] = check.interval.mean
+            out[f"gate.{check.rule}.ci_low"] = check.interval.low
+            out[f"gate.{check.rule}.ci_high"] = check.interval.high
+    return out
+
+
+# Written beside the adapter by the cluster launcher: {"name": PyTorchJob, "namespace": ..., "image": ...}.
+TRAINING_JOB_RECORD = "training_job.json"
+
+
+def lineage_tags(
+    settings: dict[str, Any], card: dict, kfp_run_id: str, training_job: dict | None = None
+) -> dict[str, str]:
+    """Tags that walk from a model version back to its data, code, config and training job."""
+    model, cluster = settings["model"], settings["cluster"]
+    local = cluster["kind"] == "local"
+    job = training_job or {}
+    # The training image moved under cluster.training; read either shape.
+    image = job.get("image") or (cluster.get("training") or {}).get("image") or cluster.get("training_image", "")
     tags = {
         "lineage.dataset_uri": ",".join(card.get("source_uris", [])),
+        "lineage.dataset_name": settings["data"]["name"],
         "lineage.base_model": model["hf_id"],
         "lineage.base_model_revision": model["revision"],
+        "lineage.training_image": "local" if local else image,
+        "lineage.pytorchjob": job.get("name") or ("local" if local else ""),
         "lineage.kfp_run_id": kfp_run_id,
         "lineage.git_commit": settings.get("build", {}).get("git_commit", ""),
-        "lineage.cluster": settings["cluster"]["name"],
+        "lineage.cluster": cluster["name"],
+        "lineage.registered_model": registered_model_name(OmegaConf.create(settings)),
+        "lineage.config_sha256": sha256_text(_config_json(settings)),
     }
     for split, info in card.get("splits", {}).items():
         tags[f"lineage.split.{split}.sha256"] = info["sha256"]
@@ -57,32 +113,62 @@ def lineage_tags(settings: dict[str, Any], card: dict, kfp_run_id: str) -> dict[
     return tags
 
 
-def _record(settings, decision, results, report_path, splits_dir, adapter_dir, kfp_run_id) -> str:
+def resolved_training(settings: dict[str, Any], train_metrics: dict) -> dict[str, Any]:
+    """The training config as it ran: config values, overridden by what the trainer recorded.
+
+    Run-time pipeline parameters (max_steps, learning rate, LoRA rank/alpha) can differ from
+    the compiled config; the trainer's own record is the truth.
+    """
+    resolved = json.loads(json.dumps(settings["train"]))
+    for key, value in train_metrics.get("settings", {}).items():
+        (resolved["lora"] if key in ("rank", "alpha", "dropout", "target_modules") else resolved)[key] = value
+    return resolved
+
+
+def _config_json(settings: dict[str, Any]) -> str:
+    return json.dumps(settings, indent=2, sort_keys=True, default=str)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _record(settings, decision, results, report_path, splits_dir, adapter_dir, kfp_run_id, html_path=None) -> str:
     mlflow_cfg = settings["cluster"]["mlflow"]
     client = registry.client(mlflow_cfg["tracking_uri"])
     experiment_id = registry.ensure_experiment(client, settings["experiment"]["name"], mlflow_cfg["artifact_location"])
     card = json.loads((splits_dir / "data_card.json").read_text())
-    train = settings["train"]
+    train_metrics = _read_json(adapter_dir / "train_metrics.json")
+    training = resolved_training(settings, train_metrics)
     params = {
         "model": settings["model"]["name"],
         "data": settings["data"]["name"],
-        "lora.rank": train["lora"]["rank"],
-        "lora.alpha": train["lora"]["alpha"],
-        "lora.dropout": train["lora"]["dropout"],
-        "lora.target_modules": ",".join(train["lora"]["target_modules"]),
-        "max_steps": train["max_steps"],
-        "learning_rate": train["learning_rate"],
-        "batch_size": train["batch_size"],
-        "max_seq_len": train["max_seq_len"],
+        "lora.rank": training["lora"]["rank"],
+        "lora.alpha": training["lora"]["alpha"],
+        "lora.dropout": training["lora"]["dropout"],
+        "lora.target_modules": ",".join(training["lora"]["target_modules"]),
+        "max_steps": training["max_steps"],
+        "learning_rate": training["learning_rate"],
+        "batch_size": training["batch_size"],
+        "max_seq_len": training["max_seq_len"],
     }
-    metrics = {f"challenger.{k}": v for k, v in results["challenger"].items()}
-    metrics |= {f"base.{k}": v for k, v in results["base"].items()}
+    metrics = {
+        f"{side}.{k}": v
+        for side in ("challenger", "base", "champion") if isinstance(results.get(side), dict)
+        for k, v in results[side].items() if _finite(v)
+    }
+    for side, means in (results.get("rag") or {}).get("means", {}).items():
+        metrics |= {f"{side}.rag_{k}": v for k, v in means.items() if _finite(v)}
+    if results.get("rag"):
+        metrics["rag.judge_failures"] = results["rag"]["failed_total"]
+    metrics |= {k: v for k, v in decision_metrics(decision).items() if _finite(v)}
     metrics["eval.n_examples"] = results["n_examples"]
-    train_metrics_path = adapter_dir / "train_metrics.json"
-    if train_metrics_path.is_file():
-        train_metrics = json.loads(train_metrics_path.read_text())
-        metrics |= {f"train.{k}": v for k, v in train_metrics.items() if isinstance(v, (int, float))}
-    tags = lineage_tags(settings, card, kfp_run_id) | {
+    metrics |= {f"train.{k}": v for k, v in train_metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tags = lineage_tags(settings, card, kfp_run_id, _read_json(adapter_dir / TRAINING_JOB_RECORD)) | {
         "gate.decision": "passed" if decision.passed else "refused",
         "gate.reasons": " | ".join(decision.reasons)[:5000],
         "modelchain.pipeline": "finetune",
@@ -97,12 +183,18 @@ def _record(settings, decision, results, report_path, splits_dir, adapter_dir, k
         artifacts={"reports": report_path},
     )
     for folder, source in (
+        ("reports", html_path),
         ("data", splits_dir / "data_card.md"),
         ("data", splits_dir / "data_card.json"),
         ("training", adapter_dir / "loss_curve.png"),
         ("training", adapter_dir / "train_metrics.json"),
+        ("training", adapter_dir / TRAINING_JOB_RECORD),
     ):
-        if source.is_file():
+        if source is not None and source.is_file():
             client.log_artifact(run_id, str(source), folder)
-    client.log_text(run_id, json.dumps(settings, indent=2, default=str), "config/resolved_config.json")
+    client.log_text(run_id, _config_json(settings), "config/resolved_config.json")
+    client.log_text(run_id, json.dumps(training, indent=2, sort_keys=True), "config/training.json")
+    client.log_text(run_id, json.dumps(results, indent=2, default=str), "eval/results.json")
+    if "examples" in results:
+        client.log_text(run_id, render_eval_markdown(results), "eval/report.md")
     return run_id

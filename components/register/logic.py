@@ -1,23 +1,41 @@
-"""Register: the gated adapter becomes a model version with alias `challenger`."""
+"""Register: the gated adapter becomes a model version with alias `challenger`.
+
+The version carries the whole lineage record as tags, copied from the gate's MLflow run:
+`lineage.*` (data, base model, training job, KFP run, commit, config hash), `gate.*`, and
+the eval metrics as `eval.*`; the adapter files and their checksum manifest are stored in
+that run, beside the reports, the data card and the resolved config.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from modelchain.core import registry
 from modelchain.core.config import registered_model_name
-from omegaconf import OmegaConf
+
+
+def version_tags(run) -> dict[str, str]:
+    """What a model version copies from its gate run: lineage, gate decision, eval metrics."""
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(("lineage.", "gate."))}
+    for key, value in run.data.metrics.items():
+        if key.startswith(("challenger.", "base.", "champion.")):
+            tags[f"eval.{key}"] = f"{value:.4f}"
+    if "eval.n_examples" in run.data.metrics:
+        tags["eval.n_examples"] = str(int(run.data.metrics["eval.n_examples"]))
+    tags["lineage.mlflow_run_id"] = run.info.run_id
+    return tags
 
 
 def run(settings: dict[str, Any], mlflow_run_id: str, adapter_dir: str | Path) -> str:
     """Returns the registered model URI, `models:/NAME/VERSION`."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():  # before any network call
+        raise registry.RegistryError(f"{adapter_dir}: not a LoRA adapter (no adapter_config.json)")
     client = registry.client(settings["cluster"]["mlflow"]["tracking_uri"])
-    run = client.get_run(mlflow_run_id)
-    if run.data.tags.get("gate.decision") != "passed":
-        raise RuntimeError(f"MLflow run {mlflow_run_id} did not pass the gate; refusing to register")
+    gate_run = client.get_run(mlflow_run_id)  # register_adapter refuses it unless the gate passed
     name = registered_model_name(OmegaConf.create(settings))
-    tags = {k: v for k, v in run.data.tags.items() if k.startswith(("lineage.", "gate."))}
-    tags |= {f"metric.{k}": f"{v:.4f}" for k, v in run.data.metrics.items() if k.startswith("challenger.")}
-    version = registry.register_adapter(client, mlflow_run_id, Path(adapter_dir), model_name=name, tags=tags)
+    version = registry.register_adapter(client, mlflow_run_id, adapter_dir, model_name=name, tags=version_tags(gate_run))
     return f"models:/{name}/{version}"

@@ -18,6 +18,23 @@ if TYPE_CHECKING:
 CHUNK_FIELDS = ("id", "text", "source", "heading_path", "position", "content_hash", "doc_hash")
 
 
+def row_metadata(chunk: dict) -> dict:
+    """The JSON ``metadata`` a chunk's row keeps: its URI, format and document metadata."""
+    return {
+        "uri": chunk.get("uri", chunk["source"]),
+        "format": chunk.get("format", ""),
+        "document": chunk.get("metadata") or {},
+    }
+
+
+def chunk_rows(chunks: Sequence[dict], vectors: Sequence) -> list[dict]:
+    """Milvus rows of ``chunks``, vector i for chunk i."""
+    return [
+        {**{field: chunk[field] for field in CHUNK_FIELDS}, "metadata": row_metadata(chunk), "vector": vector}
+        for chunk, vector in zip(chunks, vectors)
+    ]
+
+
 class ChangePlan(NamedTuple):
     chunks_to_embed: list[dict]  # chunks of new and changed documents, in input order
     sources_to_delete: list[str]  # changed and removed documents: all their rows go first
@@ -82,11 +99,7 @@ def apply_changes(store: MilvusStore, plan: ChangePlan, vectors: "np.ndarray") -
         )
     store.ensure_collection()
     deleted = store.delete_sources(plan.sources_to_delete)
-    rows = [
-        {**{field: chunk[field] for field in CHUNK_FIELDS}, "vector": vector}
-        for chunk, vector in zip(plan.chunks_to_embed, vectors)
-    ]
-    inserted = store.upsert(rows)
+    inserted = store.upsert(chunk_rows(plan.chunks_to_embed, vectors))
     written = {chunk["source"] for chunk in plan.chunks_to_embed}
     return {
         "inserted": inserted,

@@ -28,7 +28,7 @@ def test_finetune_registers_a_challenger_then_a_refusal_registers_nothing(tmp_pa
 
     client = registry.client(f"sqlite:///{home}/mlflow.db")
     version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
-    assert version.version == "1"
+    assert str(version.version) == "1"
     run = client.get_run(version.run_id)
     assert run.data.tags["gate.decision"] == "passed"
     assert {"challenger.exact_match", "base.exact_match", "challenger.rouge_l", "train.final_loss"} <= set(run.data.metrics)
@@ -51,7 +51,7 @@ def test_finetune_registers_a_challenger_then_a_refusal_registers_nothing(tmp_pa
     runs = client.search_runs([run.info.experiment_id], order_by=["attributes.start_time DESC"])
     assert runs[0].data.tags["gate.decision"] == "refused"
     assert "FAIL floor.exact_match" in runs[0].data.tags["gate.reasons"]
-    assert [v.version for v in client.search_model_versions(f"name='{MODEL_NAME}'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'")] == ["1"]
 
 
 def test_missing_dataset_fails_cleanly_and_registers_nothing(tmp_path, tiny_model):

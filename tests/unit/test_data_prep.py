@@ -5,6 +5,7 @@ import json
 import pytest
 
 from modelchain.components.data_prep.logic import DataError, FieldMap, prepare, split_of
+from modelchain.core.io import sha256_file
 
 
 def write_rows(path, rows):
@@ -97,3 +98,132 @@ def test_unusable_files(tmp_path, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="no such dataset file"):
         prepare(str(tmp_path / "missing.jsonl"), tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- the extended step
+from modelchain.components.data_prep.logic import DedupOptions, TokenOptions, options_from_settings  # noqa: E402
+from modelchain.tests.data_prep_support import smollm2_tokenizer_dir  # noqa: E402,F401 (fixture)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_stratified_splits_keep_each_label_in_proportion(tmp_path):
+    labels = ["billing"] * 150 + ["returns"] * 40 + ["account"] * 10
+    rows = [{"prompt": f"ticket {i} about something", "response": label} for i, label in enumerate(labels)]
+    source = write_rows(tmp_path / "d.jsonl", rows)
+    result = prepare(str(source), tmp_path / "out", stratify_by="response", val_fraction=0.1, test_fraction=0.2)
+    test = [r["messages"][-1]["content"] for r in read_jsonl(tmp_path / "out" / "test.jsonl")]
+    assert test.count("billing") == 30 and test.count("returns") == 8 and test.count("account") == 2
+    assert result.card["strata"] == {"billing": 150, "returns": 40, "account": 10}
+    again = prepare(str(source), tmp_path / "again", stratify_by="response", val_fraction=0.1, test_fraction=0.2)
+    assert again.card["splits"] == result.card["splits"]
+
+
+def test_every_output_format_is_written(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
+    source = write_rows(tmp_path / "d.jsonl", good_rows(50))
+    result = prepare(str(source), tmp_path / "out", system_prompt="Route it.",
+                     tokens=TokenOptions(max_tokens=256, tokenizer_dir=str(smollm2_tokenizer_dir)))
+    out = tmp_path / "out"
+    for split, nemo in (("train", "training"), ("val", "validation"), ("test", "test")):
+        chat = read_jsonl(out / f"{split}.jsonl")
+        sft = read_jsonl(out / "nemo_sft" / f"{nemo}.jsonl")
+        nemo_chat = read_jsonl(out / "nemo_chat" / f"{nemo}.jsonl")
+        assert len(chat) == len(sft) == len(nemo_chat) == result.card["splits"][split]["count"]
+        for c, s, n in zip(chat, sft, nemo_chat):
+            assert s["output"] == c["messages"][-1]["content"] == n["conversations"][-1]["value"]
+            assert s["input"].startswith("<|im_start|>system\nRoute it.") and s["input"].endswith("<|im_start|>assistant\n")
+            assert n["system"] == "Route it." and n["conversations"][0]["from"] == "User" and n["mask"] == "User"
+        assert result.card["splits"][split]["sha256"] == sha256_file(out / f"{split}.jsonl")
+    card = json.loads((out / "data_card.json").read_text())
+    for key in ("rows_in", "rows_quarantined", "rows_deduplicated", "rows_out", "stages", "pii", "tokens", "source_uris"):
+        assert key in card
+    assert card["tokens"]["lengths"]["sample_rows"] == 50 and card["tokens"]["histogram"] == "token_lengths.png"
+    assert (out / "token_lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![token lengths](token_lengths.png)" in (out / "data_card.md").read_text()
+
+
+def test_filters_are_counted_stage_by_stage(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
+    base = " ".join(f"word{i}" for i in range(60))
+    rows = (good_rows(40)
+            + [{"prompt": "hi", "response": "a long enough answer"}]  # prompt too short
+            + [{"prompt": base, "response": "billing"}, {"prompt": base.replace("word30", "other"), "response": "billing"}]
+            + [{"prompt": "tell me " * 400, "response": "too long"}]
+            + [{"prompt": "Reach me at ana@example.com or 4111 1111 1111 1111", "response": "billing"}])
+    source = write_rows(tmp_path / "d.jsonl", rows + rows[:5])
+    result = prepare(str(source), tmp_path / "out", min_prompt_chars=5, dedup=DedupOptions(threshold=0.8),
+                     tokens=TokenOptions(max_tokens=400, tokenizer_dir=str(smollm2_tokenizer_dir)))
+    card = result.card
+    stages = {s["name"]: s["rows_in"] - s["rows_out"] for s in card["stages"]}
+    assert stages == {"read": 0, "valid (quarantine)": 0, "length filter": 1, "exact dedup": 5, "near dedup": 1,
+                      "token budget": 1}
+    assert card["rows_in"] == 50 and card["rows_out"] == 42 and card["rows_deduplicated"] == 6
+    assert card["pii"]["counts"] == {"card": 1, "email": 1} and card["pii"]["rows_with_pii"] == 1
+    assert card["tokens"]["dropped"] == 1
+
+
+def test_a_failure_leaves_the_previous_output_untouched(tmp_path):
+    source = write_rows(tmp_path / "d.jsonl", good_rows(30))
+    prepare(str(source), tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
+    write_rows(source, good_rows(10) + ["{broken"] * 10)
+    with pytest.raises(DataError, match="10 of 20 rows are bad"):
+        prepare(str(source), tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "out"]  # no temporary folders left
+
+
+def test_quarantine_reasons_name_the_source_and_encoding(tmp_path):
+    source = tmp_path / "d.jsonl"
+    source.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in good_rows(40)) + b'{"prompt": "caf\xe9"}\n')
+    prepare(str(source), tmp_path / "out")
+    (entry,) = read_jsonl(tmp_path / "out" / "quarantine.jsonl")
+    assert entry == {"source": str(source), "line": 41, "reason": "not UTF-8 text (byte 0xe9 at column 16)"}
+
+
+def test_options_from_the_config(smollm2_tokenizer_dir):  # noqa: F811
+    from modelchain.core.config import compose, to_container
+
+    settings = to_container(compose("finetune", ["data.dedup.near=true", "data.tokens.action=truncate",
+                                                 f"data.tokens.tokenizer={smollm2_tokenizer_dir}",
+                                                 "data.feedback.uri=/traces", "data.feedback.since=7d"]))
+    opts = options_from_settings(settings)
+    assert opts["dedup"].near and opts["tokens"].action == "truncate" and opts["stratify_by"] == "response"
+    assert opts["tokens"].tokenizer_dir == str(smollm2_tokenizer_dir)
+    assert opts["feedback"].uri == "/traces" and opts["feedback"].since == "7d"
+    settings["data"]["tokens"]["tokenizer"] = None
+    settings["model"] = {"name": "m", "path": "/nowhere", "gguf_package": None, "gguf_file": None}
+    with pytest.raises(DataError, match="data.tokens: no tokenizer"):
+        options_from_settings(settings)
+    settings["data"]["tokens"]["max_tokens"] = 0
+    assert options_from_settings(settings)["tokens"].tokenizer_dir is None
+
+
+def test_cli_data_prep(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    source = write_rows(tmp_path / "d.jsonl", good_rows(60) + ["{bad"])
+    cmd = [sys.executable, "-m", "modelchain.pipelines.cli", "data", "prep", f"data.source.uri={source}",
+           f"data.tokens.tokenizer={smollm2_tokenizer_dir}", "--out", str(tmp_path / "out")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "read 61 rows: 1 quarantined, 0 duplicates, 60 kept" in out.stdout
+    assert (tmp_path / "out" / "nemo_sft" / "training.jsonl").is_file()
+    bad = subprocess.run(cmd[:-2] + ["data.max_bad_fraction=0.0", "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "1 of 61 rows are bad" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_worker_processes_give_the_same_output(tmp_path):
+    rows = good_rows(300) + ["{bad"] + good_rows(20) + [{"prompt": "mail me at a@b.io", "response": "account"}]
+    source = write_rows(tmp_path / "d.jsonl", rows)
+    one = prepare(str(source), tmp_path / "one", workers=1, dedup=DedupOptions(near=True))
+    two = prepare(str(source), tmp_path / "two", workers=2, dedup=DedupOptions(near=True))
+    assert one.card == {**two.card, "source_uris": one.card["source_uris"]}
+    for name in ("train.jsonl", "nemo_sft/training.jsonl", "quarantine.jsonl"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert len(two.stats["worker_peak_rss_mb"]) >= 1

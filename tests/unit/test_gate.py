@@ -1,39 +1,168 @@
-"""The gate policy: floors, improvement over the base model, minimum sample count."""
+"""The gate policy: floors, paired bootstrap intervals against base and champion, sample count."""
 
-from modelchain.eval.gate import decide, render_markdown
+import math
 
-POLICY = dict(thresholds={"exact_match": 0.5}, min_improvement=0.1, min_examples=20)
+import numpy as np
+import pytest
+
+from modelchain.eval.gate import GatePolicy, decide, paired_bootstrap
+from modelchain.eval.report import render_html, render_markdown
+
+POLICY = GatePolicy(thresholds={"exact_match": 0.5}, min_improvement=0.1, max_regression=0.02, min_examples=20)
 
 
-def test_better_adapter_passes():
-    decision = decide({"exact_match": 0.8, "rouge_l": 0.8}, {"exact_match": 0.1, "rouge_l": 0.2}, 40, **POLICY)
-    assert decision.passed
+def answers(rng, n, accuracy):
+    """Per-example exact-match scores of a model right about `accuracy` of the time."""
+    return (rng.random(n) < accuracy).astype(float).tolist()
+
+
+def scores(**sides):
+    return {side: {"exact_match": values} for side, values in sides.items()}
+
+
+# --------------------------------------------------------------------------- the interval
+def test_bootstrap_interval_covers_the_true_mean_at_the_nominal_rate():
+    mu, sigma, n, trials = 0.3, 1.0, 200, 300
+    covered, widths = 0, []
+    for seed in range(trials):
+        rng = np.random.default_rng(10_000 + seed)
+        diffs = rng.normal(mu, sigma, n)
+        ci = paired_bootstrap(diffs, np.zeros(n), resamples=2000, confidence=0.95, seed=seed)
+        covered += ci.low <= mu <= ci.high
+        widths.append(ci.high - ci.low)
+    # 95% nominal; 300 trials give a binomial standard error of about 1.3 points.
+    assert 0.91 <= covered / trials <= 0.985
+    expected = 2 * 1.96 * sigma / math.sqrt(n)
+    assert np.mean(widths) == pytest.approx(expected, rel=0.06)
+
+
+def test_bootstrap_is_paired_and_seeded():
+    rng = np.random.default_rng(1)
+    shared = rng.normal(0, 5, 100)  # large per-example noise common to both sides
+    a, b = shared + 0.5, shared
+    ci = paired_bootstrap(a, b, seed=3)
+    assert ci.mean == pytest.approx(0.5) and ci.high - ci.low < 1e-9  # the pairing removes the shared noise
+    assert paired_bootstrap(rng.random(50), rng.random(50), seed=7) != paired_bootstrap(rng.random(50), rng.random(50), seed=8)
+    x, y = rng.random(50), rng.random(50)
+    assert paired_bootstrap(x, y, seed=7) == paired_bootstrap(x, y, seed=7)
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_bootstrap([1.0, 2.0], [1.0])
+
+
+# --------------------------------------------------------------------------- the decision
+def test_genuinely_better_adapter_passes_against_the_champion():
+    rng = np.random.default_rng(0)
+    n = 300
+    decision = decide(scores(base=answers(rng, n, 0.2), champion=answers(rng, n, 0.6), challenger=answers(rng, n, 0.8)), POLICY)
+    assert decision.passed, decision.reasons
     assert all(reason.startswith("PASS") for reason in decision.reasons)
+    assert any(r.startswith("PASS no_regression.exact_match: challenger - champion") for r in decision.reasons)
 
 
-def test_below_floor_is_refused_with_reason():
-    decision = decide({"exact_match": 0.4}, {"exact_match": 0.0}, 40, **POLICY)
+def test_worse_adapter_is_refused_against_the_champion():
+    rng = np.random.default_rng(0)
+    n = 300
+    champion = answers(rng, n, 0.8)
+    # The challenger is wrong on a tenth of the examples the champion gets right.
+    challenger = [0.0 if c == 1.0 and rng.random() < 0.1 else c for c in champion]
+    decision = decide(scores(base=answers(rng, n, 0.2), champion=champion, challenger=challenger), POLICY)
     assert not decision.passed
-    assert "FAIL floor.exact_match: 0.400 vs floor 0.500" in decision.reasons
+    failed = [r for r in decision.reasons if r.startswith("FAIL")]
+    assert len(failed) == 1 and failed[0].startswith("FAIL no_regression.exact_match")
 
 
-def test_no_improvement_is_refused():
-    decision = decide({"exact_match": 0.65}, {"exact_match": 0.6}, 40, **POLICY)
+def test_a_point_estimate_inside_the_noise_does_not_pass_a_margin():
+    # +0.12 over the base on 30 examples: the point estimate clears 0.1, the interval does not.
+    base = [1.0] * 6 + [0.0] * 24
+    challenger = [1.0] * 6 + [1.0] * 4 + [0.0] * 16 + [0.0] * 4
+    challenger[0] = 0.0  # noise: one loss
+    challenger[20:24] = [1.0] * 4
+    policy = GatePolicy(thresholds={}, min_improvement=0.1, min_examples=20)
+    decision = decide(scores(base=base, challenger=challenger), policy)
+    assert np.mean(challenger) - np.mean(base) > 0.1
     assert not decision.passed
     assert any(r.startswith("FAIL improvement.exact_match") for r in decision.reasons)
 
 
+def test_no_champion_yet_means_floors_and_base_only():
+    rng = np.random.default_rng(2)
+    decision = decide(scores(base=answers(rng, 100, 0.1), challenger=answers(rng, 100, 0.9)), POLICY)
+    assert decision.passed
+    assert "PASS no_regression: no champion yet: floors and the base comparison decide" in decision.reasons
+
+
+def test_below_floor_is_refused_with_reason():
+    decision = decide(scores(base=[0.0] * 40, challenger=[1.0] * 16 + [0.0] * 24), POLICY)
+    assert not decision.passed
+    assert "FAIL floor.exact_match: 0.400 vs floor 0.500" in decision.reasons
+
+
 def test_too_few_examples_is_refused():
-    decision = decide({"exact_match": 1.0}, {"exact_match": 0.0}, 5, **POLICY)
+    decision = decide(scores(base=[0.0] * 5, challenger=[1.0] * 5), POLICY)
     assert not decision.passed and decision.reasons[0].startswith("FAIL min_examples")
 
 
 def test_unmeasured_metric_is_refused():
-    decision = decide({"exact_match": 1.0}, {"exact_match": 0.0}, 40, thresholds={"rouge_l": 0.1}, min_improvement=0, min_examples=1)
+    policy = GatePolicy(thresholds={"rouge_l": 0.1}, min_improvement=0, min_examples=1)
+    decision = decide(scores(base=[0.0] * 40, challenger=[1.0] * 40), policy)
     assert not decision.passed and "was not measured" in decision.reasons[1]
 
 
-def test_report_says_why():
-    decision = decide({"exact_match": 0.4}, {"exact_match": 0.0}, 40, **POLICY)
-    text = render_markdown(decision, {"exact_match": 0.4}, {"exact_match": 0.0})
-    assert text.startswith("# Gate REFUSED") and "FAIL floor.exact_match" in text
+def test_floor_on_a_summary_metric():
+    policy = GatePolicy(thresholds={"rag_faithfulness": 0.7}, min_improvement=-1, min_examples=1)
+    decision = decide(scores(base=[0.0] * 4, challenger=[1.0] * 4), policy, {"challenger": {"rag_faithfulness": 0.5}})
+    assert "FAIL floor.rag_faithfulness: 0.500 vs floor 0.700" in decision.reasons
+
+
+def test_policy_from_config_with_overrides():
+    ev = {"thresholds": {"exact_match": 0.3}, "min_examples": 4, "min_improvement": 0.0, "max_regression": 0.05,
+          "compare_metrics": ["exact_match", "rouge_l"], "bootstrap_resamples": 500, "confidence": 0.9, "seed": 1}
+    policy = GatePolicy.from_config(ev, min_improvement=0.2, thresholds=None)
+    assert policy.min_improvement == 0.2 and policy.thresholds == {"exact_match": 0.3}
+    assert policy.compare_metrics == ("exact_match", "rouge_l") and policy.confidence == 0.9
+
+
+def test_report_says_why_with_intervals_and_worst_examples():
+    examples = [
+        {"prompt": f"q{i}", "reference": "billing", "champion": "billing", "challenger": "shipping" if i < 3 else "billing",
+         "champion_exact_match": 1.0, "challenger_exact_match": 0.0 if i < 3 else 1.0}
+        for i in range(30)
+    ]
+    sc = {s: {"exact_match": [e[f"{s}_exact_match"] for e in examples]} for s in ("champion", "challenger")}
+    sc["base"] = {"exact_match": [0.0] * 30}
+    results = {
+        "n_examples": 30, "split": "test", "champion_uri": "models:/m@champion", "scores": sc, "examples": examples,
+        "base": {"exact_match": 0.0}, "champion": {"exact_match": 1.0}, "challenger": {"exact_match": 0.9},
+        "rag": {"mode": "llm", "samples": 30, "failed_total": 2, "means": {"challenger": {"faithfulness": 0.8}},
+                "failures": {"challenger": {"faithfulness": 2}}},
+    }
+    decision = decide(sc, POLICY)
+    text = render_markdown(decision, results, POLICY)
+    assert text.startswith("# Gate REFUSED")
+    assert "FAIL no_regression.exact_match" in text
+    assert "| exact_match | 0.000 | 1.000 | 0.900 | -0.100 [" in text
+    assert "Worst 10 examples: challenger beside champion" in text and "| q0 | billing | billing | shipping |" in text
+    assert "judge failures are counted, not dropped: 2 in all" in text
+    page = render_html(decision, results, POLICY)
+    assert page.startswith("<!doctype html>") and "Gate REFUSED" in page and "<td>shipping</td>" in page
+
+
+def test_champion_is_a_registry_uri_or_an_adapter_folder(tmp_path):
+    from modelchain.components.evaluate.logic import resolve_champion
+
+    assert resolve_champion("", {}) is None
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert resolve_champion(str(tmp_path), {}) == tmp_path
+    with pytest.raises(ValueError, match="neither a models:/ URI nor an adapter folder"):
+        resolve_champion(str(tmp_path / "nope"), {})
+
+
+def test_decision_metrics_carry_the_intervals():
+    from modelchain.components.gate.logic import decision_metrics
+
+    rng = np.random.default_rng(4)
+    decision = decide(scores(base=answers(rng, 60, 0.2), champion=answers(rng, 60, 0.7), challenger=answers(rng, 60, 0.7)), POLICY)
+    metrics = decision_metrics(decision)
+    assert metrics["gate.passed"] == float(decision.passed)
+    low, high = metrics["gate.no_regression.exact_match.ci_low"], metrics["gate.no_regression.exact_match.ci_high"]
+    assert low <= metrics["gate.no_regression.exact_match.mean"] <= high

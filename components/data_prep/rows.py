@@ -1,0 +1,221 @@
+"""The per-row work of data prep, one batch at a time, in worker processes or in-process.
+
+Everything that needs no state shared across rows happens here: parsing, field mapping and
+validation, normalisation, PII scrubbing, length filters, the token budget, the content
+hash, the output lines of every format and the MinHash signatures. What must see all rows
+in order (dedup indexes, split assignment, the files) stays in the main process, which gets
+back compact `BatchResult`s; results come back in input order, so the output does not
+depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import orjson
+
+from modelchain.components.data_prep.sources import BadItem, Batch
+
+_NEMO_ROLES = {"user": "User", "assistant": "Assistant"}
+
+
+@dataclass
+class StageConfig:
+    fields: Any  # logic.FieldMap
+    system_prompt: Optional[str]
+    normalization: str
+    stratify_by: Optional[str]
+    min_prompt_chars: int
+    min_response_chars: int
+    seed: int
+    pii: Any  # logic.PiiOptions
+    tokens: Any  # logic.TokenOptions
+    dedup: Any  # logic.DedupOptions
+    permutations: Any = None  # MinHash (a, b) from cleaning.datasketch_permutations
+
+
+@dataclass
+class BatchResult:
+    counts: Counter = field(default_factory=Counter)
+    pii: Counter = field(default_factory=Counter)
+    quarantine: list[dict] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)  # content sha256 of each row that passed
+    strata: list[str] = field(default_factory=list)
+    lines: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)  # chat, NeMo SFT, NeMo chat
+    signatures: Any = None  # (rows, num_perm) uint32 when near dedup is on
+    pid: int = 0
+    peak_rss_kb: int = 0
+
+
+def _bad_line_reason(line: bytes, exc: Exception) -> str:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text (byte 0x{line[err.start]:02x} at column {err.start + 1})"
+    return f"malformed JSON: {exc}"
+
+
+def nemo_chat_row(messages: list[dict]) -> dict:
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns = [{"from": _NEMO_ROLES[m["role"]], "value": m["content"]} for m in messages if m["role"] != "system"]
+    return {"system": system, "conversations": turns, "mask": "User", "type": "VALUE_TO_TEXT"}
+
+
+class RowStage:
+    """Turns raw batches into BatchResults (see the module docstring)."""
+
+    def __init__(self, cfg: StageConfig):
+        from modelchain.components.data_prep.pii import Scrubber
+
+        self.cfg = cfg
+        self.scrubber = Scrubber(cfg.pii.kinds) if cfg.pii.enabled else None
+        self.renderer = self.budget = None
+        if cfg.tokens.tokenizer_dir:
+            from modelchain.components.data_prep.tokens import ChatRenderer, TokenBudget, load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.tokens.tokenizer_dir)
+            self.renderer = ChatRenderer(tokenizer)
+            if cfg.tokens.max_tokens > 0:
+                self.budget = TokenBudget(tokenizer, cfg.tokens.max_tokens, cfg.tokens.action)
+        self.hasher = None
+        if cfg.dedup.near:
+            from modelchain.components.data_prep.cleaning import MinHasher
+
+            self.hasher = MinHasher(cfg.dedup.num_perm, 1, cfg.dedup.shingle_words, cfg.permutations)
+        if self.renderer is None:
+            from modelchain.training.nemo_entrypoint import plain_prompt
+
+            self.render_prompt = plain_prompt
+        else:
+            self.render_prompt = lambda m: self.renderer.render(m, generation_prompt=True)
+
+    def __call__(self, batch: Batch, from_traces: bool = False) -> BatchResult:
+        from modelchain.components.data_prep.logic import FieldMap, row_to_messages
+
+        cfg, out = self.cfg, BatchResult()
+        fields = FieldMap(messages="messages") if from_traces else cfg.fields
+        rows: list[tuple[list[dict], str]] = []
+        for number, item in zip(batch.numbers, batch.items):
+            out.counts["rows_in"] += 1
+            if isinstance(item, bytes):
+                try:
+                    item = orjson.loads(item)
+                except orjson.JSONDecodeError as exc:
+                    out.quarantine.append({"source": batch.source, batch.unit: number, "reason": _bad_line_reason(item, exc)})
+                    continue
+            elif isinstance(item, BadItem):
+                out.quarantine.append({"source": batch.source, batch.unit: number, "reason": item.reason})
+                continue
+            try:
+                messages = row_to_messages(item, fields, cfg.system_prompt, 0, cfg.normalization)
+            except ValueError as exc:
+                out.quarantine.append({"source": batch.source, batch.unit: number, "reason": str(exc)})
+                continue
+            stratum = ""
+            if cfg.stratify_by:
+                value = item.get(cfg.stratify_by)
+                stratum = "" if value is None else str(value)
+            rows.append((messages, stratum))
+        out.counts["quarantined"] = len(out.quarantine)
+        out.counts["valid"] = len(rows)
+        if self.scrubber is not None:
+            for messages, _ in rows:
+                texts, found = self.scrubber.scrub_many([m["content"] for m in messages])
+                if found:
+                    out.counts["rows_with_pii"] += 1
+                    for message, text in zip(messages, texts):
+                        message["content"] = text
+            out.pii, self.scrubber.counts = self.scrubber.counts, Counter()
+        rows = [r for r in rows if self._long_enough(r[0], out.counts)]
+        out.counts["after_length"] = len(rows)
+        if self.budget is not None and rows:
+            before = (self.budget.stats.over_budget, self.budget.stats.truncated, self.budget.stats.dropped,
+                      self.budget.stats.counted_exactly)
+            fitted = self.budget.apply([m for m, _ in rows])
+            stats = self.budget.stats
+            for key, now, then in zip(("over_budget", "truncated", "dropped_tokens", "counted_exactly"),
+                                      (stats.over_budget, stats.truncated, stats.dropped, stats.counted_exactly), before):
+                out.counts[key] = now - then
+            rows = [(m, s) for m, (_, s) in zip(fitted, rows) if m is not None]
+        out.counts["after_tokens"] = len(rows)
+        for messages, stratum in rows:
+            content_hash = hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            out.hashes.append(content_hash)
+            out.strata.append(stratum)
+            chat = orjson.dumps({"messages": messages, "id": content_hash[:16]})
+            sft = orjson.dumps({"input": self.render_prompt(messages[:-1]), "output": messages[-1]["content"]})
+            out.lines.append((chat, sft, orjson.dumps(nemo_chat_row(messages))))
+        if self.hasher is not None:
+            out.signatures = self.hasher.signatures(
+                ["\n".join(m["content"] for m in messages if m["role"] != "system") for messages, _ in rows])
+        out.pid = os.getpid()
+        out.peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return out
+
+    def _long_enough(self, messages: list[dict], counts: Counter) -> bool:
+        prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        if len(messages[-1]["content"]) < self.cfg.min_response_chars or len(prompt) < self.cfg.min_prompt_chars:
+            counts["too_short"] += 1
+            return False
+        return True
+
+
+# --------------------------------------------------------------------------- workers
+_STAGE: Optional[RowStage] = None
+
+
+def _init_worker(cfg: StageConfig) -> None:
+    global _STAGE
+    _STAGE = RowStage(cfg)
+
+
+def _run(batch: Batch, from_traces: bool) -> BatchResult:
+    return _STAGE(batch, from_traces)
+
+
+def worker_count(requested: int) -> int:
+    """0 = one per CPU this process may use (at most 8)."""
+    if requested > 0:
+        return requested
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def results(batches: Iterable[tuple[Batch, bool]], cfg: StageConfig, workers: int) -> Iterator[BatchResult]:
+    """BatchResults in input order; with workers > 1, computed by that many processes.
+
+    At most two batches per worker are in flight, so a fast reader never piles the input up
+    in memory while the workers catch up.
+    """
+    if workers <= 1:
+        stage = RowStage(cfg)
+        for batch, from_traces in batches:
+            yield stage(batch, from_traces)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: forking a process that holds threads (boto3, tokenizers) can deadlock the child.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(cfg,)) as pool:
+        pending: deque = deque()
+        try:
+            for batch, from_traces in batches:
+                pending.append(pool.submit(_run, batch, from_traces))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

@@ -1,0 +1,37 @@
+"""Evaluation and the gate outside a pipeline (`modelchain eval`): results and reports in a folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from modelchain.core.io import atomic_write_text
+
+
+def evaluate_and_gate(
+    settings: dict[str, Any],
+    splits_dir: str | Path,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    champion: str | None = None,
+):
+    """Evaluate (task accuracy, perplexity, RAG scores when configured), decide, write the reports.
+
+    Writes `results.json`, `gate_report.md`, `gate_report.html` and `decision.json` into
+    `out_dir`; returns the GateDecision.
+    """
+    from modelchain.components.evaluate.logic import run as evaluate
+    from modelchain.components.gate.logic import decide_results
+    from modelchain.eval.gate import GatePolicy
+    from modelchain.eval.report import render_html, render_markdown
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = evaluate(settings, splits_dir, adapter_dir, out / "results.json", champion=champion)
+    policy = GatePolicy.from_config(settings["eval"])
+    decision = decide_results(results, policy)
+    atomic_write_text(out / "gate_report.md", render_markdown(decision, results, policy))
+    atomic_write_text(out / "gate_report.html", render_html(decision, results, policy))
+    atomic_write_text(out / "decision.json", json.dumps(decision.to_dict(), indent=2, default=str))
+    return decision

@@ -1,0 +1,111 @@
+"""The rag_ingest steps in one process: discover -> chunk -> plan -> embed, writing as it goes.
+
+The same logic the pipeline's components run, without KFP between the steps: for a laptop,
+the benchmarks and the interruption test. Vectors are upserted in slices while the rest are
+still being embedded, so a run that is killed keeps what it wrote and the next run embeds
+only what is missing (a half-written document is rewritten whole).
+
+    python -m modelchain.components.ingest SOURCE MILVUS_URI COLLECTION [--runtime onnx-int8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+from modelchain.components.chunk.logic import chunk_documents
+from modelchain.components.discover.logic import DEFAULT_INCLUDE, discover
+from modelchain.components.embed.logic import embed_chunks
+from modelchain.components.upsert.logic import chunk_rows, plan_changes
+from modelchain.core.embedder import BaseEmbedder
+from modelchain.core.vectorstore import MilvusStore
+
+
+def ingest(
+    source_uri: str,
+    store: MilvusStore,
+    embedder: BaseEmbedder,
+    include: Sequence[str] = DEFAULT_INCLUDE,
+    exclude: Sequence[str] = (),
+    chunk_tokens: int = 256,
+    overlap_tokens: int = 32,
+    write_rows: int = 512,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Bring ``store`` in step with the documents under ``source_uri``; returns counts and timings."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    documents = discover(source_uri, include, exclude, progress=progress)
+    if not documents:
+        raise ValueError(f"no documents under {source_uri} matching {list(include)}")
+    timings["discover_s"] = time.perf_counter() - start
+    chunks, quarantined = chunk_documents(
+        documents, embedder.tokenizer, chunk_tokens, overlap_tokens, progress=progress
+    )
+    timings["chunk_s"] = time.perf_counter() - start - timings["discover_s"]
+
+    mark = time.perf_counter()
+    plan = plan_changes(store, chunks)
+    store.ensure_collection()
+    deleted = store.delete_sources(plan.sources_to_delete)
+    pending: list[tuple[int, Any]] = []
+
+    def write(rows: list[int], vectors: Any) -> None:
+        pending.extend(zip(rows, vectors))
+        if len(pending) >= write_rows:
+            flush()
+
+    def flush() -> None:
+        if pending:
+            store.upsert(chunk_rows([plan.chunks_to_embed[i] for i, _ in pending], [v for _, v in pending]))
+            pending.clear()
+
+    if plan.chunks_to_embed:
+        embed_chunks(plan.chunks_to_embed, embedder, on_batch=write, progress=progress)
+        flush()
+    timings["embed_write_s"] = time.perf_counter() - mark
+    timings["total_s"] = time.perf_counter() - start
+    written = {chunk["source"] for chunk in plan.chunks_to_embed}
+    return {
+        "documents": len(documents),
+        "chunks": len(chunks),
+        "quarantined": quarantined,
+        "inserted": len(plan.chunks_to_embed),
+        "deleted": deleted,
+        "written_documents": len(written),
+        "removed_documents": len(set(plan.sources_to_delete) - written),
+        "skipped_documents": len(plan.unchanged_sources),
+        "total_rows": store.count(),
+        **timings,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Ingest a folder or S3 prefix into a Milvus collection, here.")
+    parser.add_argument("source", help="a folder or s3://bucket/prefix/")
+    parser.add_argument("milvus_uri", help="a Milvus Lite path (ending .db) or a server URI")
+    parser.add_argument("collection")
+    parser.add_argument("--runtime", default="onnx-int8")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--chunk-tokens", type=int, default=256)
+    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--include", nargs="*", default=list(DEFAULT_INCLUDE))
+    parser.add_argument("--write-rows", type=int, default=512)
+    args = parser.parse_args(argv)
+
+    from modelchain.core.embedder import make_embedder
+
+    embedder = make_embedder(args.runtime, batch_size=args.batch_size)
+    with MilvusStore(args.milvus_uri, args.collection, embedder.dim) as store:
+        stats = ingest(
+            args.source, store, embedder, args.include, (), args.chunk_tokens, args.overlap, args.write_rows
+        )
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""RAG scoring with ragas: retrieve contexts from Milvus, answer with each adapter, score the answers.
+
+With a judge (any OpenAI-compatible endpoint: vLLM, LiteLLM, ...) the LLM-judged metrics
+faithfulness, answer relevancy, context precision and context recall; without one, the
+offline metrics (non-LLM context precision/recall against the reference answer, string
+similarity, ROUGE, BLEU, exact match).
+
+Every (sample, metric) pair is one task; at most `concurrency` run at once (an asyncio
+semaphore), each attempt is bounded by `timeout_s`, and a failed task is retried `retries`
+times. A task that still fails is counted under its metric and reported; its score is left
+out of the mean, never replaced by a number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+JUDGED = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
+OFFLINE = ("context_precision", "context_recall", "string_similarity", "rouge", "bleu", "exact_match")
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Where the LLM judge is and how hard to push it."""
+
+    base_url: str
+    model: str
+    api_key: str = "none"
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    retries: int = 2
+
+    @classmethod
+    def from_config(cls, ev: Mapping) -> "Judge | None":
+        if not ev.get("judge_base_url"):
+            return None
+        return cls(
+            base_url=ev["judge_base_url"], model=ev["judge_model"],
+            api_key=os.environ.get(ev.get("judge_api_key_env") or "JUDGE_API_KEY", "none"),
+            concurrency=int(ev.get("judge_concurrency", 8)), timeout_s=float(ev.get("judge_timeout_s", 60.0)),
+            retries=int(ev.get("judge_retries", 2)),
+        )
+
+
+@dataclass
+class Scores:
+    """Per-sample scores (NaN where a task failed), failure counts and the first error messages."""
+
+    values: dict[str, list[float]]
+    failures: dict[str, int]
+    errors: list[str] = field(default_factory=list)
+
+    def means(self) -> dict[str, float]:
+        out = {}
+        for name, vals in self.values.items():
+            ok = [v for v in vals if not math.isnan(v)]
+            out[name] = sum(ok) / len(ok) if ok else math.nan
+        return out
+
+
+class _JudgeEmbeddings:
+    """The judge endpoint's /embeddings in the shape ragas' answer relevancy calls (sync)."""
+
+    def __init__(self, judge: Judge, model: str) -> None:
+        from openai import OpenAI
+
+        self._client = OpenAI(base_url=judge.base_url, api_key=judge.api_key, timeout=judge.timeout_s, max_retries=judge.retries)
+        self._model = model
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        data = self._client.embeddings.create(model=self._model, input=list(texts)).data
+        return [d.embedding for d in sorted(data, key=lambda d: d.index)]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+
+def make_metrics(judge: Judge | None, embedding_model: str | None = None) -> dict[str, Any]:
+    """ragas metric objects by name: LLM-judged with a judge, offline without."""
+    if judge is None:
+        from ragas.metrics._bleu_score import BleuScore
+        from ragas.metrics._context_precision import NonLLMContextPrecisionWithReference
+        from ragas.metrics._context_recall import NonLLMContextRecall
+        from ragas.metrics._rouge_score import RougeScore
+        from ragas.metrics._string import ExactMatch, NonLLMStringSimilarity
+
+        return {
+            "context_precision": NonLLMContextPrecisionWithReference(),
+            "context_recall": NonLLMContextRecall(),
+            "string_similarity": NonLLMStringSimilarity(),
+            "rouge": RougeScore(),
+            "bleu": BleuScore(),
+            "exact_match": ExactMatch(),
+        }
+    from openai import AsyncOpenAI
+    from ragas.llms import llm_factory
+    from ragas.metrics import Faithfulness, LLMContextPrecisionWithReference, LLMContextRecall, ResponseRelevancy
+
+    # Retries and timeouts are ours (per task), so the client itself does not retry.
+    client = AsyncOpenAI(base_url=judge.base_url, api_key=judge.api_key, timeout=judge.timeout_s, max_retries=0)
+    llm = llm_factory(judge.model, provider="openai", client=client)
+    embeddings = _JudgeEmbeddings(judge, embedding_model or judge.model)
+    return {
+        "faithfulness": Faithfulness(llm=llm),
+        "answer_relevancy": ResponseRelevancy(llm=llm, embeddings=embeddings),
+        "context_precision": LLMContextPrecisionWithReference(llm=llm),
+        "context_recall": LLMContextRecall(llm=llm),
+    }
+
+
+def samples(questions: Sequence[str], answers: Sequence[str], contexts: Sequence[Sequence[str]],
+            references: Sequence[str]) -> list:
+    """ragas SingleTurnSamples; the reference answer doubles as the reference context offline."""
+    from ragas.dataset_schema import SingleTurnSample
+
+    return [
+        SingleTurnSample(user_input=q, response=a or "(no answer)", retrieved_contexts=list(c) or [""],
+                         reference=r, reference_contexts=[r])
+        for q, a, c, r in zip(questions, answers, contexts, references)
+    ]
+
+
+async def ascore(rag_samples: Sequence, metrics: Mapping[str, Any], *, concurrency: int = 8,
+                 timeout_s: float = 60.0, retries: int = 2) -> Scores:
+    """Score every sample with every metric: bounded concurrency, a timeout and retries per task."""
+    semaphore = asyncio.Semaphore(concurrency)
+    values = {name: [math.nan] * len(rag_samples) for name in metrics}
+    failures = {name: 0 for name in metrics}
+    errors: list[str] = []
+
+    async def task(i: int, name: str) -> None:
+        async with semaphore:
+            for attempt in range(retries + 1):
+                try:
+                    score = await asyncio.wait_for(metrics[name].single_turn_ascore(rag_samples[i]), timeout_s)
+                    values[name][i] = float(score)
+                    return
+                except Exception as exc:  # timeouts, HTTP errors, malformed JSON: all count alike
+                    last = exc
+            failures[name] += 1
+            if len(errors) < 20:
+                kind = "timeout" if isinstance(last, (asyncio.TimeoutError, TimeoutError)) else type(last).__name__
+                errors.append(f"sample {i} {name}: {kind}: {' '.join(str(last).split())[:160]}")
+
+    await asyncio.gather(*(task(i, name) for i in range(len(rag_samples)) for name in metrics))
+    return Scores(values, failures, errors)
+
+
+def score(rag_samples: Sequence, metrics: Mapping[str, Any], **limits) -> Scores:
+    """`ascore` from synchronous code."""
+    return asyncio.run(ascore(rag_samples, metrics, **limits))
+
+
+# --------------------------------------------------------------------------- the RAG setting
+RAG_SYSTEM = "Answer the question using the context. Be brief."
+
+
+def rag_prompt(question: str, contexts: Sequence[str]) -> list[dict]:
+    context = "\n\n".join(contexts)
+    return [{"role": "system", "content": RAG_SYSTEM},
+            {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
+
+
+def score_rag_for_sides(settings: Mapping, rows: Sequence[dict], base_dir: str | Path, sides: Mapping[str, Path],
+                        retriever=None) -> dict:
+    """Retrieve contexts for each row's question, answer with each side's adapter, score the answers.
+
+    ``rows`` are chat rows (the last user message is the question, the last message the
+    reference); ``sides`` maps a side ("challenger", "champion") to its adapter folder.
+    Returns a report-ready summary: mode, sample count, means and failure counts per side.
+    """
+    from modelchain.eval.generation import generate
+
+    ev, rag = settings["eval"], settings["rag"]
+    questions = [row["messages"][-2]["content"] for row in rows]
+    references = [row["messages"][-1]["content"] for row in rows]
+    if retriever is None:
+        from modelchain.core.retriever import Retriever
+
+        retriever = Retriever.from_config(
+            rag["milvus"]["uri"], rag["milvus"]["collection"], model_path=rag["embedding"]["model"],
+            dim=rag["embedding"]["dim"], metric=rag["milvus"]["metric"], index_type=rag["milvus"]["index_type"],
+        )
+    with retriever:
+        contexts = [[h.text for h in hits] for hits in retriever.retrieve_many(questions, ev["rag_top_k"])]
+    judge = Judge.from_config(ev)
+    metrics = make_metrics(judge)
+    limits = {"concurrency": judge.concurrency, "timeout_s": judge.timeout_s, "retries": judge.retries} if judge else {}
+    out = {"mode": "llm" if judge else "offline", "samples": len(rows), "means": {}, "failures": {}, "errors": []}
+    for side, adapter in sides.items():
+        answers = generate(base_dir, [rag_prompt(q, c) for q, c in zip(questions, contexts)], adapter_dir=adapter,
+                           max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"])
+        result = score(samples(questions, answers, contexts, references), metrics, **limits)
+        out["means"][side] = result.means()
+        out["failures"][side] = result.failures
+        out["errors"] += [f"{side}: {e}" for e in result.errors]
+    out["failed_total"] = sum(sum(f.values()) for f in out["failures"].values())
+    return out

@@ -1,0 +1,113 @@
+"""The gate report, in Markdown and HTML, from the evaluation results and the decision.
+
+Sections: the verdict; every metric per side with the paired intervals the gate used; the
+rules with their reasons; judge failure counts (RAG scoring); the worst examples of the
+challenger beside the champion's (or the base model's) answers.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping
+
+from modelchain.eval.gate import GateDecision, GatePolicy, paired_bootstrap
+
+WORST_EXAMPLES = 10
+
+
+def _tables(decision: GateDecision, results: Mapping, policy: GatePolicy) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) for each table of the report."""
+    sides = [s for s in ("base", "champion", "challenger") if s in results]
+    other = "champion" if "champion" in sides else "base"
+    scores = results.get("scores", {})
+    metrics = sorted({m for s in sides for m in results[s]})
+    header = ["metric", *sides, f"challenger - {other} (mean [CI])"]
+    rows = []
+    for metric in metrics:
+        row = [metric] + [_num(results[s].get(metric)) for s in sides]
+        if metric in scores.get("challenger", {}) and metric in scores.get(other, {}):
+            ci = paired_bootstrap(
+                scores["challenger"][metric], scores[other][metric],
+                resamples=policy.bootstrap_resamples, confidence=policy.confidence, seed=policy.seed,
+            )
+            row.append(f"{ci.mean:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]")
+        else:
+            row.append("")
+        rows.append(row)
+    tables = [("Metrics", header, rows)]
+    tables.append(("Rules", ["rule", "result", "detail"],
+                   [[c.rule, "PASS" if c.passed else "FAIL", c.detail] for c in decision.checks]))
+
+    rag = results.get("rag")
+    if rag:
+        rag_sides = list(rag["means"])
+        rag_metrics = sorted({m for s in rag_sides for m in rag["means"][s]})
+        rows = [[m] + [_num(rag["means"][s].get(m)) for s in rag_sides]
+                + [str(sum(rag["failures"].get(s, {}).get(m, 0) for s in rag_sides))] for m in rag_metrics]
+        tables.append((f"RAG scoring ({rag['mode']}, {rag['samples']} questions; judge failures are counted, "
+                       f"not dropped: {rag['failed_total']} in all)", ["metric", *rag_sides, "judge failures"], rows))
+
+    examples = results.get("examples", [])
+    if examples and other in sides:
+        def key(e):
+            return tuple(e.get(f"challenger_{m}", 0.0) - e.get(f"{other}_{m}", 0.0) for m in ("exact_match", "rouge_l"))
+        worst = sorted(examples, key=key)[:WORST_EXAMPLES]
+        tables.append((f"Worst {len(worst)} examples: challenger beside {other}",
+                       ["prompt", "reference", other, "challenger"],
+                       [[_cut(e["prompt"]), _cut(e["reference"]), _cut(e.get(other, "")), _cut(e["challenger"])]
+                        for e in worst]))
+    return tables
+
+
+def _verdict(decision: GateDecision) -> str:
+    return "PASSED: the adapter may be registered" if decision.passed else "REFUSED: nothing is registered"
+
+
+def _subtitle(results: Mapping) -> str:
+    champion = results.get("champion_uri") or "none yet (floors and the base comparison decide)"
+    return (f"{results.get('n_examples', 0)} examples from the {results.get('split', 'val')} split; "
+            f"perplexity on the {results.get('perplexity_split', 'val')} split; champion: {champion}")
+
+
+def render_markdown(decision: GateDecision, results: Mapping, policy: GatePolicy | None = None) -> str:
+    policy = policy or GatePolicy()
+    lines = [f"# Gate {_verdict(decision)}", "", _subtitle(results), ""]
+    for title, header, rows in _tables(decision, results, policy):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        lines.append("")
+    lines += ["## Reasons", ""] + [f"- {reason}" for reason in decision.reasons]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(decision: GateDecision, results: Mapping, policy: GatePolicy | None = None) -> str:
+    policy = policy or GatePolicy()
+    colour = "#1a7f37" if decision.passed else "#cf222e"
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Gate report</title><style>"
+        "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1.5em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;max-width:30em}"
+        "th{background:#f4f4f4}</style></head><body>",
+        f"<h1 style='color:{colour}'>Gate {html.escape(_verdict(decision))}</h1>",
+        f"<p>{html.escape(_subtitle(results))}</p>",
+    ]
+    for title, header, rows in _tables(decision, results, policy):
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        for row in rows:
+            style = " style='color:#cf222e'" if "FAIL" in row else ""
+            parts.append(f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _num(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}"
+
+
+def _cut(text: str, limit: int = 160) -> str:
+    return " ".join(str(text).split())[:limit]

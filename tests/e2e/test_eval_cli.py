@@ -1,0 +1,97 @@
+"""`modelchain eval`: evaluation and the gate outside a pipeline, on a tiny model and adapter."""
+
+import json
+import math
+
+import pytest
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_model):
+    """A LoRA adapter on the tiny model (untrained: the plumbing is under test, not the quality)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(out)
+    return out
+
+
+def args(tiny_model, dataset, adapter, out, *extra):
+    return ["eval", "model=local_dir", f"model.path={tiny_model}", f"data.source.uri={dataset}", "eval=smoke",
+            *extra, "--adapter", str(adapter), "--out", str(out)]
+
+
+def test_eval_passes_then_refuses_with_a_champion(tmp_path, tiny_model, routing_dataset, adapter):
+    out = tmp_path / "passed"
+    done = run_cli(*args(tiny_model, routing_dataset, adapter, out, "--champion", str(adapter)), home=tmp_path / "home")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "gate: passed" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["split"] == "test" and results["sides"] == ["base", "challenger", "champion"]
+    assert math.isfinite(results["challenger"]["perplexity"]) and results["challenger"]["perplexity"] > 1
+    report = (out / "gate_report.md").read_text()
+    assert report.startswith("# Gate PASSED") and "PASS no_regression.exact_match: challenger - champion" in report
+    assert "Worst" in report and (out / "gate_report.html").read_text().startswith("<!doctype html>")
+
+    refused = run_cli(*args(tiny_model, routing_dataset, adapter, tmp_path / "refused", "+eval.thresholds.exact_match=1.0"),
+                      home=tmp_path / "home")
+    assert refused.returncode == 3, refused.stderr[-3000:]
+    assert "FAIL floor.exact_match" in refused.stdout and "gate: refused" in refused.stdout
+    decision = json.loads((tmp_path / "refused" / "decision.json").read_text())
+    assert decision["passed"] is False
+
+
+class FakeRetriever:
+    """Stands in for the Milvus retriever: the same chunks for every question."""
+
+    def retrieve_many(self, questions, k):
+        from modelchain.core.retriever import Hit
+
+        chunk = Hit("Billing handles charges; shipping handles parcels.", "guide.md", "Routing", 0.9)
+        return [[chunk] * min(k, 2) for _ in questions]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def test_rag_scoring_for_challenger_and_champion_counts_judge_failures(tmp_path, tiny_model, routing_dataset, adapter):
+    from modelchain.components.data_prep.logic import options_from_settings, prepare
+    from modelchain.core.config import compose, to_container
+    from modelchain.core.io import read_jsonl
+    from modelchain.eval.rag import JUDGED, score_rag_for_sides
+    from modelchain.tests.judge_stub import JudgeStub
+
+    with JudgeStub(faults={"JSON format": "malformed"}) as stub:  # every judge answer is broken
+        settings = to_container(compose("finetune", [
+            "model=local_dir", f"model.path={tiny_model}", f"data.source.uri={routing_dataset}", "eval=smoke",
+            "eval.rag_questions=3", f"eval.judge_base_url={stub.base_url}", "eval.judge_model=stub",
+            "eval.judge_timeout_s=5", "eval.judge_retries=0",
+        ]))
+        prepare(str(routing_dataset), tmp_path / "splits", **options_from_settings(settings))
+        rows = read_jsonl(tmp_path / "splits" / "test.jsonl")[:3]
+        out = score_rag_for_sides(settings, rows, tiny_model, {"challenger": adapter, "champion": adapter},
+                                  retriever=FakeRetriever())
+    assert out["mode"] == "llm" and out["samples"] == 3 and set(out["means"]) == {"challenger", "champion"}
+    # Every judged task fails, and each failure is counted under its metric and side.
+    assert out["failures"]["challenger"] == {name: 3 for name in JUDGED}
+    assert out["failed_total"] == 2 * 3 * len(JUDGED) and out["errors"]
+
+
+def test_lm_eval_harness_task_from_the_test_split(tiny_model, adapter):
+    from modelchain.eval.harness import TEST_SPLIT_TASK, run_for_sides
+
+    rows = [{"messages": [{"role": "user", "content": f"Ticket {i}: charged twice"},
+                          {"role": "assistant", "content": "billing"}]} for i in range(4)]
+    scores = run_for_sides(tiny_model, {"base": None, "challenger": adapter}, [TEST_SPLIT_TASK], "", rows,
+                           max_new_tokens=4)
+    for side in ("base", "challenger"):
+        assert 0.0 <= scores[side][f"harness.{TEST_SPLIT_TASK}.exact_match"] <= 1.0

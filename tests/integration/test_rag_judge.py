@@ -1,0 +1,81 @@
+"""RAG scoring against a local OpenAI-compatible judge that answers, times out or returns bad JSON."""
+
+import math
+import time
+
+import pytest
+
+from modelchain.eval import rag
+from modelchain.eval.gate import GatePolicy, decide
+from modelchain.tests.judge_stub import JudgeStub
+
+QUESTIONS = ["Who routes billing tickets?", "Where do parcels go?", "What did Kepler find?", "How are refunds paid?"]
+ANSWERS = ["The billing team does.", "To the shipping desk.", "Kepler found elliptical orbits.", "Refunds go to the original card."]
+CONTEXTS = [["Billing tickets go to the billing team."], ["Parcels are handled by the shipping desk."],
+            ["Kepler found that orbits are ellipses."], ["Refunds are paid to the original card."]]
+REFERENCES = ["the billing team", "the shipping desk", "elliptical orbits", "the original card"]
+
+
+def judged(judge_stub, **limits):
+    judge = rag.Judge(base_url=judge_stub.base_url, model="stub-judge", **limits)
+    metrics = rag.make_metrics(judge)
+    return rag.score(rag.samples(QUESTIONS, ANSWERS, CONTEXTS, REFERENCES), metrics,
+                     concurrency=judge.concurrency, timeout_s=judge.timeout_s, retries=judge.retries)
+
+
+def test_a_judge_that_answers_scores_every_metric():
+    with JudgeStub() as stub:
+        result = judged(stub)
+        again = judged(stub)
+    assert set(result.values) == set(rag.JUDGED)
+    assert all(count == 0 for count in result.failures.values()), result.errors
+    for name, values in result.values.items():
+        assert all(0.0 <= v <= 1.0 for v in values), (name, values)
+    assert result.values == again.values  # the same prompts get the same verdicts
+
+
+def test_timeouts_and_malformed_json_are_counted_not_dropped():
+    faults = {"Kepler": "timeout", "efunds": "malformed"}
+    with JudgeStub(faults=faults, hang_s=3.0) as stub:
+        started = time.monotonic()
+        result = judged(stub, timeout_s=0.5, retries=1, concurrency=8)
+        elapsed = time.monotonic() - started
+    assert elapsed < 20
+    # Every metric's prompt quotes the question or the answer, so both faulty samples fail on every metric.
+    assert result.failures == {name: 2 for name in rag.JUDGED}
+    for values in result.values.values():
+        assert math.isnan(values[2]) and math.isnan(values[3]) and not math.isnan(values[0])
+    assert any("timeout" in e for e in result.errors) and any("json" in e.lower() for e in result.errors)
+    means = result.means()
+    assert all(0.0 <= m <= 1.0 for m in means.values())
+
+    # The gate decides clearly on what was measured, and the report carries the failure count.
+    policy = GatePolicy(thresholds={"rag_faithfulness": 0.01}, min_improvement=-1, min_examples=1)
+    summary = {"challenger": {f"rag_{k}": v for k, v in means.items()}}
+    decision = decide({"challenger": {"exact_match": [1.0]}, "base": {"exact_match": [0.0]}}, policy, summary)
+    verdict = "PASS" if means["faithfulness"] >= 0.01 else "FAIL"
+    assert f"{verdict} floor.rag_faithfulness: {means['faithfulness']:.3f} vs floor 0.010" in decision.reasons
+    assert decision.passed == (verdict == "PASS")
+
+
+def test_no_judge_means_offline_metrics():
+    metrics = rag.make_metrics(None)
+    assert set(metrics) == set(rag.OFFLINE)
+    result = rag.score(rag.samples(QUESTIONS, ["the billing team", "nowhere", "", "the original card"], CONTEXTS, REFERENCES),
+                       metrics)
+    assert sum(result.failures.values()) == 0, result.errors
+    assert result.values["exact_match"] == [1.0, 0.0, 0.0, 1.0]
+    assert result.means()["string_similarity"] > 0.3
+
+
+def test_judge_from_config():
+    assert rag.Judge.from_config({"judge_base_url": ""}) is None
+    judge = rag.Judge.from_config({"judge_base_url": "http://127.0.0.1:1/v1", "judge_model": "m", "judge_concurrency": 3,
+                                   "judge_timeout_s": 2, "judge_retries": 0, "judge_api_key_env": "NO_SUCH_KEY_VAR"})
+    assert (judge.concurrency, judge.timeout_s, judge.retries, judge.api_key) == (3, 2.0, 0, "none")
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_concurrency_does_not_change_scores(concurrency):
+    with JudgeStub(latency_s=0.01) as stub:
+        assert judged(stub, concurrency=concurrency).values == judged(stub, concurrency=8).values

@@ -1,0 +1,64 @@
+"""LoRA target module names: NeMo (cluster recipe) <-> Hugging Face (local trainer, vLLM).
+
+The configs speak NeMo's names, because the production recipe is NeMo's. NeMo fuses the
+attention input projections into ``linear_qkv`` and the gated MLP input into ``linear_fc1``,
+so one NeMo name can stand for several Hugging Face modules of a Llama-style model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+NEMO_TO_HF: dict[str, tuple[str, ...]] = {
+    "linear_qkv": ("q_proj", "k_proj", "v_proj"),
+    "linear_proj": ("o_proj",),
+    "linear_fc1": ("gate_proj", "up_proj"),
+    "linear_fc2": ("down_proj",),
+}
+
+HF_TO_NEMO: dict[str, str] = {hf: nemo for nemo, hfs in NEMO_TO_HF.items() for hf in hfs}
+
+
+def _names(names: str | Iterable[str]) -> list[str]:
+    # Accept "a,b" from a command line as well as a list from a config.
+    if isinstance(names, str):
+        names = names.split(",")
+    return [n.strip() for n in names if n.strip()]
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def nemo_to_hf(names: str | Iterable[str]) -> list[str]:
+    """Hugging Face module names for NeMo LoRA targets, in order, without duplicates."""
+    names = _names(names)
+    unknown = [n for n in names if n not in NEMO_TO_HF]
+    if unknown:
+        raise ValueError(
+            f"unknown NeMo LoRA target(s) {unknown}; known: {sorted(NEMO_TO_HF)}"
+        )
+    return _unique(hf for n in names for hf in NEMO_TO_HF[n])
+
+
+def hf_to_nemo(names: str | Iterable[str]) -> list[str]:
+    """NeMo LoRA targets that cover the given Hugging Face module names.
+
+    NeMo cannot adapt ``q_proj`` without ``k_proj`` and ``v_proj``, so a partial group is
+    rejected rather than silently widened.
+    """
+    names = _names(names)
+    unknown = [n for n in names if n not in HF_TO_NEMO]
+    if unknown:
+        raise ValueError(
+            f"unknown Hugging Face LoRA target(s) {unknown}; known: {sorted(HF_TO_NEMO)}"
+        )
+    nemo = _unique(HF_TO_NEMO[n] for n in names)
+    for target in nemo:
+        missing = [hf for hf in NEMO_TO_HF[target] if hf not in names]
+        if missing:
+            raise ValueError(
+                f"NeMo target {target!r} needs all of {list(NEMO_TO_HF[target])}; "
+                f"missing {missing}"
+            )
+    return nemo

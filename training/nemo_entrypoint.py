@@ -1,0 +1,330 @@
+"""NeMo 2.x LoRA fine-tuning inside the PyTorchJob: build the recipe, run it, export the adapter.
+
+Every training pod runs `torchrun ... nemo_entrypoint.py --spec spec.json` (see
+training/pytorchjob.py, which mounts this file, lora_targets.py and spec.json from a
+ConfigMap). Global rank 0 first prepares what all ranks share on FSx (chat rows as NeMo
+input/output pairs, the base checkpoint imported from Hugging Face, packed sequences); the
+other ranks wait for its marker. All ranks then run the recipe; NeMo resumes from the newest
+checkpoint in the run folder when a pod restarts. Rank 0 finally exports the adapter to
+Hugging Face PEFT format, which vLLM loads as it is.
+
+Targets nemo-toolkit[llm]==2.7.3 with nemo-run 0.11.1 (nemo-toolkit 3 has no LLM
+fine-tuning). nemo and nemo_run are imported inside the functions: this module loads with
+the standard library only, so the CPU side of modelchain can import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+try:
+    from modelchain.training.lora_targets import nemo_to_hf
+except ImportError:  # in the training pod this file and lora_targets.py sit side by side
+    from lora_targets import nemo_to_hf
+
+PREPARED = ".prepared.json"
+# The prompt ends where the chat template opens the assistant's turn: no separator between.
+DATASET_KWARGS = {"prompt_template": "{input}{output}", "add_bos": False, "add_eos": True}
+
+
+def load_spec(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def build_recipe(spec: dict[str, Any]):
+    """The NeMo fine-tuning recipe (`llm.<recipe>.finetune_recipe(..., peft_scheme="lora")`) for `spec`."""
+    import nemo_run as run
+    from nemo import lightning as nl
+    from nemo.collections import llm
+    from nemo.collections.llm.gpt.data.packed_sequence import PackedSequenceSpecs
+    from nemo.lightning.pytorch.callbacks import PreemptionCallback
+
+    module = getattr(llm, spec["recipe"], None)
+    if module is None or not hasattr(module, "finetune_recipe"):
+        raise ValueError(f"model.nemo_recipe: NeMo has no recipe llm.{spec['recipe']}.finetune_recipe")
+    seq = spec["seq_length"]
+    recipe = module.finetune_recipe(
+        dir=spec["log_dir"],
+        name=spec["name"],
+        num_nodes=spec["nodes"],
+        num_gpus_per_node=spec["gpus_per_node"],
+        peft_scheme="lora",
+        seq_length=seq,
+        packed_sequence=spec["packed_sequences"],
+    )
+
+    lora = spec["lora"]
+    recipe.peft.dim = lora["dim"]
+    recipe.peft.alpha = lora["alpha"]
+    recipe.peft.dropout = lora["dropout"]
+    recipe.peft.target_modules = list(lora["target_modules"])
+    recipe.peft.dropout_position = "pre"  # what HF PEFT does; NeMo's exporter requires it
+
+    strategy = recipe.trainer.strategy
+    strategy.tensor_model_parallel_size = spec["tensor_parallel"]
+    strategy.pipeline_model_parallel_size = spec["pipeline_parallel"]
+    recipe.trainer.max_steps = spec["max_steps"]
+    every = min(spec["checkpoint_every"], spec["max_steps"])
+    recipe.trainer.val_check_interval = every
+    recipe.trainer.callbacks = list(recipe.trainer.callbacks or []) + [run.Config(PreemptionCallback)]
+
+    packed = None
+    if spec["packed_sequences"]:
+        files = packed_files(spec)
+        packed = run.Config(
+            PackedSequenceSpecs,
+            packed_sequence_size=seq,
+            packed_train_data_path=str(files["train"]),
+            packed_val_data_path=str(files["val"]),
+            packed_metadata_path=str(files["metadata"]),
+        )
+    recipe.data = run.Config(
+        llm.FineTuningDataModule,
+        dataset_root=spec["dataset_root"],
+        seq_length=seq,
+        micro_batch_size=spec["micro_batch_size"],
+        global_batch_size=spec["global_batch_size"],
+        seed=spec["seed"],
+        packed_sequence_specs=packed,
+        dataset_kwargs={**DATASET_KWARGS, "pad_to_max_length": bool(packed)},
+    )
+
+    recipe.optim.config.lr = spec["learning_rate"]
+    recipe.optim.lr_scheduler.warmup_steps = min(50, max(1, spec["max_steps"] // 10))
+
+    # Checkpoints go straight into the run folder on FSx (no dated version folders), so a
+    # restarted pod finds them.
+    recipe.log.log_dir = None
+    recipe.log.explicit_log_dir = spec["log_dir"]
+    recipe.log.ckpt.every_n_train_steps = every
+    recipe.log.ckpt.save_top_k = spec["keep_checkpoints"]
+    recipe.resume = run.Config(
+        nl.AutoResume,
+        restore_config=run.Config(nl.RestoreConfig, path=str(base_checkpoint(spec))),
+        resume_if_exists=spec["resume"],
+        resume_ignore_no_checkpoint=True,
+        resume_from_directory=str(Path(spec["log_dir"]) / "checkpoints"),
+    )
+    return recipe
+
+
+def base_checkpoint(spec: dict[str, Any]) -> Path:
+    """Where the base model, imported from Hugging Face once, lives in NeMo format."""
+    return Path(spec["nemo_home"]) / "models" / spec["model_name"]
+
+
+def packed_files(spec: dict[str, Any]) -> dict[str, Path]:
+    folder = Path(spec["dataset_root"]) / "packed" / str(spec["seq_length"])
+    return {"train": folder / "training.npy", "val": folder / "validation.npy", "metadata": folder / "metadata.jsonl"}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def to_nemo_rows(rows: Iterable[dict], render_prompt: Callable[[list[dict]], str]) -> list[dict]:
+    """modelchain chat rows (`{"messages": [...]}`) as NeMo's `{"input", "output"}` pairs.
+
+    The input is every message before the last assistant answer, rendered by `render_prompt`
+    (the base model's chat template, opened for the assistant's turn); the output is that answer.
+    """
+    out = []
+    for i, row in enumerate(rows):
+        messages = row.get("messages") or []
+        if not messages or messages[-1].get("role") != "assistant":
+            raise ValueError(f"row {i}: the last message must be the assistant's answer")
+        out.append({"input": render_prompt(messages[:-1]), "output": messages[-1]["content"]})
+    return out
+
+
+def plain_prompt(messages: list[dict]) -> str:
+    """A readable prompt for models without a chat template."""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+
+def stage_splits(splits_dir: str | os.PathLike, dataset_root: str | os.PathLike) -> Path:
+    """Copy the data_prep splits (train.jsonl, val.jsonl) where the training pods read them."""
+    root = Path(dataset_root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("train.jsonl", "val.jsonl"):
+        source = Path(splits_dir) / name
+        if source.exists():
+            tmp = root / f".{name}.tmp"
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, root / name)
+    return root
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- rank 0 preparation
+
+
+def prepare(spec: dict[str, Any], recipe) -> None:
+    """What every rank needs before training, done once by global rank 0 and marked done."""
+    root = Path(spec["dataset_root"])
+    marker = root / PREPARED
+    if marker.exists():
+        return
+    from transformers import AutoTokenizer as HFTokenizer
+
+    hf = HFTokenizer.from_pretrained(spec["hf_model"])
+
+    def render(messages: list[dict]) -> str:
+        if getattr(hf, "chat_template", None):
+            return hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return plain_prompt(messages)
+
+    train = _read_jsonl(root / "train.jsonl")
+    val = _read_jsonl(root / "val.jsonl") or train[: max(1, len(train) // 20)]  # a tiny set may have no val rows
+    if not train:
+        raise FileNotFoundError(f"{root / 'train.jsonl'}: no training rows staged")
+    _write_jsonl(root / "training.jsonl", to_nemo_rows(train, render))
+    _write_jsonl(root / "validation.jsonl", to_nemo_rows(val, render))
+
+    from nemo.collections import llm
+
+    target = base_checkpoint(spec)
+    if not (target / "context").exists():
+        import fiddle as fdl
+
+        llm.import_ckpt(model=fdl.build(recipe.model), source=f"hf://{spec['hf_model']}", output_path=target)
+
+    if spec["packed_sequences"]:
+        from nemo.collections.common.tokenizers.huggingface.auto_tokenizer import AutoTokenizer
+        from nemo.collections.llm.gpt.data.packed_sequence import prepare_packed_sequence_data
+
+        tokenizer = AutoTokenizer(spec["hf_model"])
+        files = packed_files(spec)
+        files["train"].parent.mkdir(parents=True, exist_ok=True)
+        for split, source in (("train", "training.jsonl"), ("val", "validation.jsonl")):
+            prepare_packed_sequence_data(
+                input_path=root / source,
+                output_path=files[split],
+                output_metadata_path=files["metadata"],
+                packed_sequence_size=spec["seq_length"],
+                tokenizer=tokenizer,
+                max_seq_length=spec["seq_length"],
+                seed=spec["seed"],
+                dataset_kwargs={**DATASET_KWARGS, "pad_to_max_length": True},
+            )
+    _write_jsonl(marker, [{"name": spec["name"], "time": time.time()}])
+
+
+def wait_prepared(spec: dict[str, Any], timeout_s: float = 4 * 3600, poll_s: float = 10.0) -> None:
+    marker = Path(spec["dataset_root"]) / PREPARED
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank 0 did not prepare {marker} within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+def newest_checkpoint(log_dir: str | os.PathLike) -> Path:
+    """The newest finished NeMo checkpoint (NeMo marks unfinished ones with `-unfinished`)."""
+    folder = Path(log_dir) / "checkpoints"
+    candidates = [
+        d for d in folder.glob("*") if d.is_dir() and not Path(f"{d}-unfinished").exists()
+    ] if folder.exists() else []
+    if not candidates:
+        raise FileNotFoundError(f"{folder}: no finished checkpoint to export")
+
+    def step(path: Path) -> tuple[int, int]:
+        found = re.search(r"step=(\d+)", path.name)
+        return (int(found.group(1)) if found else -1, path.name.endswith("-last"))
+
+    return max(candidates, key=step)
+
+
+def export_adapter(spec: dict[str, Any]) -> Path:
+    """Export the newest LoRA checkpoint to Hugging Face PEFT format in `adapter_dir`."""
+    from nemo.collections import llm
+
+    checkpoint = newest_checkpoint(spec["log_dir"])
+    target = Path(spec["adapter_dir"])
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    llm.peft.export_lora(lora_checkpoint_path=str(checkpoint), output_path=str(tmp))
+    check_adapter(tmp, spec)
+    (tmp / "modelchain.json").write_text(
+        json.dumps({"base_model": spec["hf_model"], "recipe": spec["recipe"], "checkpoint": checkpoint.name}, indent=2),
+        encoding="utf-8",
+    )
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def check_adapter(folder: str | os.PathLike, spec: dict[str, Any]) -> dict[str, Any]:
+    """The exported adapter must adapt exactly the HF modules our NeMo targets stand for."""
+    config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+    want = set(nemo_to_hf(spec["lora"]["target_modules"]))
+    got = set(config.get("target_modules") or [])
+    if got != want:
+        raise ValueError(f"exported adapter targets {sorted(got)}, expected {sorted(want)}")
+    if config.get("r") != spec["lora"]["dim"]:
+        raise ValueError(f"exported adapter has rank {config.get('r')}, expected {spec['lora']['dim']}")
+    return config
+
+
+# --------------------------------------------------------------------------- main
+
+
+def dry_run(recipe, ntasks_per_node: int = 8) -> None:
+    """Resolve and package the recipe for torchrun without running it (works without GPUs)."""
+    import nemo_run as run
+
+    run.run(recipe, executor=run.LocalExecutor(ntasks_per_node=ntasks_per_node, launcher="torchrun"), dryrun=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", required=True, help="spec.json written by modelchain.training.pytorchjob")
+    parser.add_argument("--dry-run", action="store_true", help="build and dry-run the recipe; train nothing")
+    args = parser.parse_args(argv)
+
+    spec = load_spec(args.spec)
+    recipe = build_recipe(spec)
+    if args.dry_run:
+        dry_run(recipe, spec["gpus_per_node"])
+        return 0
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        prepare(spec, recipe)
+    else:
+        wait_prepared(spec)
+
+    import nemo_run as run
+
+    run.run(recipe, direct=True)
+    if rank == 0:
+        print(f"adapter exported to {export_adapter(spec)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
