@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from typing import Any, Sequence
@@ -22,6 +23,8 @@ from modelchain.components.embed.logic import embed_chunks
 from modelchain.components.upsert.logic import chunk_rows, plan_changes
 from modelchain.core.embedder import BaseEmbedder
 from modelchain.core.vectorstore import MilvusStore
+
+log = logging.getLogger(__name__)
 
 
 def ingest(
@@ -52,6 +55,7 @@ def ingest(
     store.ensure_collection()
     deleted = store.delete_sources(plan.sources_to_delete)
     pending: list[tuple[int, Any]] = []
+    written_rows = 0
 
     def write(rows: list[int], vectors: Any) -> None:
         pending.extend(zip(rows, vectors))
@@ -59,9 +63,12 @@ def ingest(
             flush()
 
     def flush() -> None:
+        nonlocal written_rows
         if pending:
             store.upsert(chunk_rows([plan.chunks_to_embed[i] for i, _ in pending], [v for _, v in pending]))
+            written_rows += len(pending)
             pending.clear()
+            log.info("wrote %d of %d chunks", written_rows, len(plan.chunks_to_embed))
 
     if plan.chunks_to_embed:
         embed_chunks(plan.chunks_to_embed, embedder, on_batch=write, progress=progress)
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--include", nargs="*", default=list(DEFAULT_INCLUDE))
     parser.add_argument("--write-rows", type=int, default=512)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from modelchain.core.embedder import make_embedder
 

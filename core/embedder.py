@@ -43,10 +43,21 @@ def default_model_path() -> str:
 
 
 def _cpu_count() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 quota (a pod's CPU limit).
+
+    A pod sees every core of its node; a thread per core beyond its quota only queues.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 class TokenCounter:
@@ -222,6 +233,9 @@ class OnnxEmbedder(BaseEmbedder):
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+            # Idle threads sleep instead of spinning: on a shared CPU a spinning thread takes
+            # the time slice another thread of this batch needs (measured 1.2-1.4x here).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             path = files["int8"] if self.int8 else files["fp32"]
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return self._session

@@ -2,6 +2,8 @@
 
 # No `from __future__ import annotations` here: KFP reads the real parameter types.
 
+from typing import Optional
+
 from omegaconf import DictConfig
 
 from modelchain.components.chunk.component import chunk
@@ -10,7 +12,11 @@ from modelchain.components.embed.component import embed
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.upsert.component import upsert
 from modelchain.components.verify.component import verify
+from modelchain.core.config import ConfigError
 from modelchain.pipelines.build import place, settings_json
+
+MILVUS_TOKEN_ENV = "MILVUS_TOKEN"  # what core.vectorstore.store_from_settings reads
+MILVUS_TOKEN_SECRET_KEY = "token"  # the key in the secret named by rag.milvus.token_secret
 
 
 def build(cfg: DictConfig):
@@ -18,6 +24,7 @@ def build(cfg: DictConfig):
     from kfp import dsl
 
     settings = settings_json(cfg)
+    token_secret = milvus_token_secret(cfg)
     discover_op, chunk_op, embed_op, upsert_op, verify_op = (
         make_component(fn, cfg.cluster.image) for fn in (discover, chunk, embed, upsert, verify)
     )
@@ -30,12 +37,43 @@ def build(cfg: DictConfig):
     def rag_ingest_pipeline(source_uri: str = cfg.rag.source.uri):
         found = place(discover_op(settings=settings, source_uri=source_uri), cluster)
         parts = place(chunk_op(settings=settings, manifest=found.outputs["manifest"]), cluster)
-        vectors = place(embed_op(settings=settings, chunks=parts.outputs["chunks"]), cluster)
-        written = place(upsert_op(settings=settings, embeddings=vectors.outputs["embeddings"]), cluster)
-        place(verify_op(settings=settings, chunks=parts.outputs["chunks"]), cluster).after(written)
+        # The steps that open the collection get the token from the secret, by name.
+        vectors = with_token(place(embed_op(settings=settings, chunks=parts.outputs["chunks"]), cluster), token_secret)
+        written = with_token(
+            place(upsert_op(settings=settings, embeddings=vectors.outputs["embeddings"]), cluster), token_secret
+        )
+        with_token(place(verify_op(settings=settings, chunks=parts.outputs["chunks"]), cluster), token_secret).after(written)
 
     return rag_ingest_pipeline
 
 
 def parameters(cfg: DictConfig) -> dict:
     return {"source_uri": cfg.rag.source.uri}
+
+
+def milvus_token_secret(cfg: DictConfig) -> Optional[str]:
+    """The secret to add for MILVUS_TOKEN on EKS, or None when there is none or
+    cluster.secret_env already maps it from that secret.
+
+    A cluster.secret_env entry that fills MILVUS_TOKEN from another secret is a conflict:
+    the pod would get the variable twice.
+    """
+    name = cfg.rag.milvus.token_secret
+    if cfg.cluster.kind != "eks" or not name:
+        return None
+    mapped = {item.secret_name for item in cfg.cluster.secret_env if item.env == MILVUS_TOKEN_ENV}
+    if mapped - {name}:
+        raise ConfigError(
+            f"rag.milvus.token_secret: {name!r}, but cluster.secret_env fills {MILVUS_TOKEN_ENV} from "
+            f"{sorted(mapped)}; name one secret"
+        )
+    return None if name in mapped else name
+
+
+def with_token(task, secret_name: Optional[str]):
+    """``task`` with MILVUS_TOKEN from key ``token`` of ``secret_name`` (nothing if None)."""
+    if secret_name:
+        from kfp import kubernetes
+
+        kubernetes.use_secret_as_env(task, secret_name=secret_name, secret_key_to_env={MILVUS_TOKEN_SECRET_KEY: MILVUS_TOKEN_ENV})
+    return task

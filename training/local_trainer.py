@@ -223,11 +223,15 @@ def train_lora(
     ``target_modules`` are NeMo names (as in the cluster recipe); one step consumes
     ``batch_size * grad_accum`` conversations.
     """
-    for name, value in (("max_steps", max_steps), ("batch_size", batch_size),
-                        ("grad_accum", grad_accum), ("rank", rank), ("max_seq_len", max_seq_len)):
+    sizes = dict(max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, rank=rank,
+                 max_seq_len=max_seq_len)
+    for name, value in sizes.items():
         if int(value) < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    hf_targets = nemo_to_hf(target_modules)
+    if isinstance(target_modules, str):
+        target_modules = target_modules.split(",")
+    nemo_targets = [t.strip() for t in target_modules if t.strip()]
+    hf_targets = nemo_to_hf(nemo_targets)
     rows = load_chat_rows(train_path)
     base_model_dir = Path(base_model_dir)
     if not (base_model_dir / "config.json").is_file():
@@ -263,12 +267,8 @@ def train_lora(
     )
     torch.manual_seed(seed)  # for the LoRA A initialisation and dropout
     model = get_peft_model(model, lora)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total_params = sum(p.numel() for p in model.parameters())
-
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=0.0
-    )
+    lora_params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(lora_params, lr=learning_rate, weight_decay=0.0)
     warmup = max(1, round(0.1 * max_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, max_steps, warmup)
@@ -309,9 +309,7 @@ def train_lora(
             step_loss += loss_sum.item()
             train_tokens += int(batch["attention_mask"].sum())
         answer_tokens += step_targets
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad], max_norm=1.0
-        )
+        torch.nn.utils.clip_grad_norm_(lora_params, max_norm=1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -339,15 +337,15 @@ def train_lora(
         "total_seconds": None,  # filled in below, once the files are written
         # CPU time is steadier than wall time on a shared machine.
         "cpu_seconds": round(cpu_seconds, 3),
-        "trainable_parameters": trainable,
-        "total_parameters": total_params,
+        "trainable_parameters": sum(p.numel() for p in lora_params),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
         "threads": torch.get_num_threads(),
         "settings": {
             "base_model": str(base_model_dir),
             "rank": rank,
             "alpha": alpha,
             "dropout": dropout,
-            "target_modules": list(target_modules) if not isinstance(target_modules, str) else target_modules.split(","),
+            "target_modules": nemo_targets,
             "hf_target_modules": hf_targets,
             "max_steps": max_steps,
             "learning_rate": learning_rate,

@@ -98,6 +98,10 @@ _NUMBER_RULES: list[tuple[str, re.Pattern, object]] = [
      _phone),
 ]
 _DIGITS = "0123456789"
+# Characters a rule's matches cannot do without (one of them): checked before its guard words.
+# "password" in prose is not a secret; "password: ..." or "password=..." may be.
+_NEEDS = {"private_key": "-", "github_token": "_", "aws_secret_key": ":=", "secret": ":=",
+          "slack_token": "-", "jwt": ".", "bearer_token": " "}
 
 
 class Scrubber:
@@ -120,14 +124,18 @@ class Scrubber:
     def rules_for(self, text: str) -> tuple[list, bool]:
         """The text rules whose guards occur in `text`, and whether number rules may apply."""
         lower = text.lower()
+        present: dict[str, bool] = {}  # single characters: found with memchr, much cheaper than words
         rules = []
         for rule in self.text_rules:
+            needs = _NEEDS.get(rule[0])
+            if needs is not None:
+                if needs not in present:
+                    present[needs] = any(ch in lower for ch in needs)
+                if not present[needs]:
+                    continue
             for guard in rule[1]:
                 if guard in lower:
-                    # Both need a separator: "password" in prose is not a secret.
                     if rule[0] == "ip" and lower.count(":") < 2:
-                        break
-                    if rule[0] == "secret" and ":" not in lower and "=" not in lower:
                         break
                     rules.append(rule)
                     break

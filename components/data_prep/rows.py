@@ -205,8 +205,12 @@ def results(batches: Iterable[tuple[Batch, bool]], cfg: StageConfig, workers: in
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
-    # spawn: forking a process that holds threads (boto3, tokenizers) can deadlock the child.
-    context = multiprocessing.get_context("spawn")
+    # fork: the workers start at once with everything imported, and a caller's script needs no
+    # `if __name__ == "__main__"` guard. The pool forks before it starts any thread of its own,
+    # this process has loaded no tokenizer (its threads would not survive a fork), and the
+    # workers touch nothing else that a thread of this process might hold.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(cfg,)) as pool:
         pending: deque = deque()
         try:

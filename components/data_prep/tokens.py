@@ -57,6 +57,7 @@ class ChatRenderer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self._skeletons: dict[tuple, Optional[list[str]]] = {}
+        self._fixed: dict[int, int] = {}
 
     def _skeleton(self, roles: tuple, generation_prompt: bool) -> Optional[list[str]]:
         key = (roles, generation_prompt)
@@ -84,6 +85,18 @@ class ChatRenderer:
         expected = "".join(p + ("\x00\x01{}\x01\x00 \x00".format(i) if i < len(roles) else "")
                            for i, p in enumerate(pieces))
         return pieces if expected == other else None
+
+    def size(self, messages: list[dict]) -> int:
+        """UTF-8 bytes of the rendered conversation, without building the string."""
+        pieces = self._skeleton(tuple(m["role"] for m in messages), False)
+        if pieces is None:
+            return len(self.render(messages).encode("utf-8", "surrogatepass"))
+        key = id(pieces)
+        fixed = self._fixed.get(key)
+        if fixed is None:
+            fixed = self._fixed[key] = sum(len(p.encode("utf-8")) for p in pieces)
+        return fixed + sum(len(c) if c.isascii() else len(c.encode("utf-8", "surrogatepass"))
+                           for c in (m["content"] for m in messages))
 
     def render(self, messages: list[dict], generation_prompt: bool = False) -> str:
         pieces = self._skeleton(tuple(m["role"] for m in messages), generation_prompt)
@@ -185,18 +198,17 @@ class TokenBudget:
     def apply(self, rows: list[list[dict]]) -> list[Optional[list[dict]]]:
         """Each row as it fits the budget (maybe truncated), or None where it is dropped."""
         max_tokens = self.stats.max_tokens
-        texts = [self.renderer.render(m) for m in rows]
-        sizes = [len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass")) for t in texts]
+        sizes = [self.renderer.size(m) for m in rows]
         if self._checked < _CHECK_ROWS:
-            take = min(len(texts), _CHECK_ROWS - self._checked)
-            exact = self.count(texts[:take])
+            take = min(len(rows), _CHECK_ROWS - self._checked)
+            exact = self.count([self.renderer.render(m) for m in rows[:take]])
             self._bytes_bound_ok &= all(n <= b for n, b in zip(exact, sizes))
             self._checked += take
         if self._bytes_bound_ok:
             unsure = [i for i, b in enumerate(sizes) if b > max_tokens]
         else:
-            unsure = list(range(len(texts)))
-        lengths = dict(zip(unsure, self.count([texts[i] for i in unsure])))
+            unsure = list(range(len(rows)))
+        lengths = dict(zip(unsure, self.count([self.renderer.render(rows[i]) for i in unsure])))
         out: list[Optional[list[dict]]] = []
         for i, messages in enumerate(rows):
             n = lengths.get(i, 0)

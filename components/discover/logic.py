@@ -97,7 +97,8 @@ def s3_client() -> Any:
         s3={"addressing_style": "path"} if endpoint else {},
     )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client("s3", config=config, region_name=region)
+    # A new session each time: the default one caches the credentials it first found.
+    return boto3.session.Session().client("s3", config=config, region_name=region)
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
