@@ -12,8 +12,8 @@ on it, each in its own subprocess so its peak RSS is its own:
 - pandas: the whole file into one DataFrame (`read_json(lines=True)` in chunks of 200,000
   lines, concatenated: read in one go its parser needs about ten times the file size), drop
   rows with a missing or empty prompt/response, drop exact duplicates, `to_json(lines=True)`.
-  Its address space is capped at 75% of the memory available when it starts
-  (BENCH_PANDAS_MAX_BYTES), so on a small machine it fails with MemoryError, not the OOM killer.
+  A watchdog stops a side when the machine's available memory falls under 1.5 GB, so on a
+  small machine pandas fails here rather than the kernel's OOM killer picking a victim.
 
 Prints rows/s of both sides, the ratio (target >= 1.0) and each side's peak RSS (target for
 modelchain: under 1 GB on the 2 GB file).
@@ -26,9 +26,11 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -114,21 +116,20 @@ settings = to_container(compose("finetune", ["data=chat_jsonl", "data.fields.mes
 start = time.perf_counter()
 result = prepare(sys.argv[1], sys.argv[2], **options_from_settings(settings))
 elapsed = time.perf_counter() - start
-main_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-workers = result.stats["worker_peak_rss_mb"]
-# Every process's own peak, added up: more than was ever resident at once, never less.
+main_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+workers = result.stats["worker_peak_pss_mb"]
+# The workers are forked: their RSS counts pages they share with the main process. Each
+# process's peak PSS (shared pages split between their users), added up, counts every page
+# once, and is more than was ever resident at one moment, never less. The main process is
+# counted by its peak RSS, which includes its share of everything.
 print(json.dumps({"seconds": elapsed, "rows_in": result.card["rows_in"], "rows_out": result.card["rows_out"],
-                  "peak_rss_mb": main_mb + sum(workers.values()), "main_rss_mb": main_mb,
+                  "peak_rss_mb": main_rss + sum(workers.values()), "main_rss_mb": main_rss,
                   "worker_rss_mb": sorted(workers.values())}))
 """
 
 PANDAS_SIDE = """
-import json, os, resource, sys, time
+import json, resource, sys, time
 import pandas as pd
-# Fail with MemoryError rather than wake the kernel's OOM killer on a shared machine.
-limit = int(os.environ.get("BENCH_PANDAS_MAX_BYTES", 0))
-if limit:
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 start = time.perf_counter()
 # All rows in one DataFrame, read in chunks of lines: the parser's transient copies of the
 # whole text would otherwise need about ten times the file size.
@@ -149,18 +150,31 @@ def _available_bytes() -> int:
         for line in handle:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
-    return 0
+    return 1 << 62
 
 
-def run_side(code: str, source: Path, out: Path) -> dict:
-    """One side in its own interpreter (and its workers); peak RSS as each process measured it."""
+def run_side(code: str, source: Path, out: Path, min_available: int = 1536 * MB) -> dict:
+    """One side in its own interpreter (and its workers); stopped if the machine runs short."""
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("BENCH_PANDAS_MAX_BYTES", str(int(_available_bytes() * 0.75)))
-    proc = subprocess.run([sys.executable, "-c", code, str(source), str(out)], capture_output=True, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(source), str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stopped = threading.Event()
+
+    def watch() -> None:
+        while proc.poll() is None:
+            if _available_bytes() < min_available:
+                stopped.set()
+                os.killpg(proc.pid, signal.SIGKILL)
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
+    stdout, stderr = proc.communicate()
+    if stopped.is_set():
+        raise RuntimeError(f"stopped: the machine had less than {min_available // MB} MB available")
     if proc.returncode != 0:
-        raise RuntimeError(f"side failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"side failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: FAILED: {str(exc).strip().splitlines()[-1]}", flush=True)
                 continue
             shutil.rmtree(work / f"out-{name}", ignore_errors=True)  # the next side gets the disk and page cache
-            detail = (f" (main {r['main_rss_mb']:,.0f} MB + workers "
+            detail = (f" (main RSS {r['main_rss_mb']:,.0f} MB + workers' PSS "
                       f"{' + '.join(f'{w:,.0f}' for w in r['worker_rss_mb'])} MB)") if r.get("worker_rss_mb") else ""
             print(f"{name}: {r['rows_in']} rows in, {r['rows_out']} out, {r['seconds']:.1f} s, "
                   f"{r['rows_in'] / r['seconds']:,.0f} rows/s, peak RSS {r['peak_rss_mb']:,.0f} MB{detail}", flush=True)

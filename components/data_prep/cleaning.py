@@ -71,13 +71,24 @@ class KeyIndex:
         self.size += len(keys)
         while len(self.levels) > 1 and len(self.levels[-1][0]) * 2 >= len(self.levels[-2][0]):
             (k2, v2), (k1, v1) = self.levels.pop(), self.levels.pop()
-            k, v = np.concatenate([k1, k2]), np.concatenate([v1, v2])
-            order = np.argsort(k, kind="stable")
-            self.levels.append((k[order], v[order]))
+            self.levels.append(_merge(k1, v1, k2, v2))
 
     @property
     def nbytes(self) -> int:
         return sum(k.nbytes + v.nbytes for k, v in self.levels)
+
+
+def _merge(k1: np.ndarray, v1: np.ndarray, k2: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two sorted levels (k2 after k1 among equal keys) without sorting again: the peak
+    is the merged arrays plus one index per element of the smaller level."""
+    at = np.searchsorted(k1, k2, side="right") + np.arange(len(k2))
+    keys = np.empty(len(k1) + len(k2), dtype=k1.dtype)
+    values = np.empty(len(keys), dtype=v1.dtype)
+    older = np.ones(len(keys), dtype=bool)
+    older[at] = False
+    keys[older], values[older] = k1, v1
+    keys[at], values[at] = k2, v2
+    return keys, values
 
 
 def first_in_batch(keys: np.ndarray) -> np.ndarray:

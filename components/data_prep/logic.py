@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import orjson
 
+from modelchain.components.data_prep.rows import pss_kb
 from modelchain.components.data_prep.sources import Batch, DataError, expand, read_batches
 from modelchain.core.io import atomic_dir, atomic_write_json, atomic_write_text, sha256_text
 
@@ -165,7 +166,8 @@ class _Run:
         self.strata: dict[str, int] = {}
         self.row_strata: list[int] = []
         self.row_points: list[float] = []
-        self.worker_rss_kb: dict[int, int] = {}
+        self.worker_pss_kb: dict[int, int] = {}
+        self.main_pss_kb = 0
 
     def consume(self, result) -> None:
         """One batch's results, in input order: quarantine, dedup, then each kept row to its split."""
@@ -173,7 +175,8 @@ class _Run:
 
         self.counts.update(result.counts)
         self.pii.update(result.pii)
-        self.worker_rss_kb[result.pid] = max(self.worker_rss_kb.get(result.pid, 0), result.peak_rss_kb)
+        self.worker_pss_kb[result.pid] = max(self.worker_pss_kb.get(result.pid, 0), result.peak_pss_kb)
+        self.main_pss_kb = max(self.main_pss_kb, pss_kb())
         for entry in result.quarantine:
             self.quarantine_file.write(orjson.dumps(entry) + b"\n")
             if len(self.quarantine_head) < QUARANTINE_IN_CARD:
@@ -341,7 +344,8 @@ def prepare(
             run.close()
             if bar is not None:
                 bar.stop()
-    stats = {"worker_peak_rss_mb": {pid: kb / 1024 for pid, kb in run.worker_rss_kb.items() if pid != os.getpid()}}
+    stats = {"worker_peak_pss_mb": {pid: kb / 1024 for pid, kb in run.worker_pss_kb.items() if pid != os.getpid()},
+             "main_peak_pss_mb": max(run.main_pss_kb, pss_kb()) / 1024}
     return PrepResult(out_dir, card, {name: out_dir / f"{name}.jsonl" for name in SPLITS}, stats)
 
 

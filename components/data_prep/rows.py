@@ -50,7 +50,7 @@ class BatchResult:
     lines: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)  # chat, NeMo SFT, NeMo chat
     signatures: Any = None  # (rows, num_perm) uint32 when near dedup is on
     pid: int = 0
-    peak_rss_kb: int = 0
+    peak_pss_kb: int = 0  # this worker's largest proportional set size so far
 
 
 def _bad_line_reason(line: bytes, exc: Exception) -> str:
@@ -155,7 +155,8 @@ class RowStage:
             out.signatures = self.hasher.signatures(
                 ["\n".join(m["content"] for m in messages if m["role"] != "system") for messages, _ in rows])
         out.pid = os.getpid()
-        out.peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.peak_pss_kb = max(getattr(self, "peak_pss_kb", 0), pss_kb())
+        out.peak_pss_kb = self.peak_pss_kb
         return out
 
     def _long_enough(self, messages: list[dict], counts: Counter) -> bool:
@@ -164,6 +165,20 @@ class RowStage:
             counts["too_short"] += 1
             return False
         return True
+
+
+def pss_kb() -> int:
+    """This process's proportional set size: its private pages plus its share of the pages it
+    shares (with the main process after fork, or libraries), so summing over processes counts
+    every page once. Falls back to the peak RSS where /proc has no smaps_rollup."""
+    try:
+        with open("/proc/self/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 # --------------------------------------------------------------------------- workers

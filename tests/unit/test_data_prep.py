@@ -226,4 +226,4 @@ def test_worker_processes_give_the_same_output(tmp_path):
     assert one.card == {**two.card, "source_uris": one.card["source_uris"]}
     for name in ("train.jsonl", "nemo_sft/training.jsonl", "quarantine.jsonl"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
-    assert len(two.stats["worker_peak_rss_mb"]) >= 1
+    assert len(two.stats["worker_peak_pss_mb"]) >= 1 and two.stats["main_peak_pss_mb"] > 0
