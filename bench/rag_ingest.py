@@ -1,6 +1,6 @@
 """RAG ingestion: against a LangChain ingestion, against raw encode(), and re-ingest vs first ingest.
 
-    python -m modelchain.bench.rag_ingest [--docs 1000] [--questions 300] [--sample 600] [--repeats 3]
+    python -m modelchain.bench.rag_ingest [--docs 1000] [--questions 1000] [--sample 600] [--repeats 3] [--runtime R]
 
 Generates a Markdown corpus (bench/_rag_corpus.py) with a question set of known source
 documents, then, in one run, with the shipped configuration (configs/rag/project_docs.yaml:
@@ -105,9 +105,10 @@ def recall_at_k(sources_per_question: list[list[str]], questions: list[dict]) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=1000)
-    parser.add_argument("--questions", type=int, default=300)
+    parser.add_argument("--questions", type=int, default=1000)
     parser.add_argument("--sample", type=int, default=600, help="chunks for the embedding-stage comparison")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runtime", help="embedding runtime of our side (default: the shipped config's)")
     parser.add_argument("--workdir", help="keep the corpus and Milvus files here (default: a temporary folder)")
     args = parser.parse_args(argv)
 
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     questions = generate_corpus(corpus, args.docs, args.questions)
     rag = _shipped_settings()
     emb, size = rag["embedding"], rag["chunk"]
+    emb["runtime"] = args.runtime or emb["runtime"]
     model_path = emb["model"] or default_model_path()
     print(
         f"corpus: {args.docs} Markdown documents, {len(questions)} questions; runtime {emb['runtime']}, "

@@ -17,10 +17,10 @@ import sys
 import time
 from typing import Any, Sequence
 
-from modelchain.components.chunk.logic import chunk_documents
+from modelchain.components.chunk.logic import chunk_documents, chunking_signature
 from modelchain.components.discover.logic import DEFAULT_INCLUDE, discover
 from modelchain.components.embed.logic import embed_chunks
-from modelchain.components.upsert.logic import chunk_rows, plan_changes
+from modelchain.components.upsert.logic import StoredRows, chunk_rows, plan_changes, read_stored
 from modelchain.core.embedder import BaseEmbedder
 from modelchain.core.vectorstore import MilvusStore
 
@@ -45,13 +45,24 @@ def ingest(
     if not documents:
         raise ValueError(f"no documents under {source_uri} matching {list(include)}")
     timings["discover_s"] = time.perf_counter() - start
+
+    # A document whose bytes match its rows need not be chunked again, but only if the
+    # last run finished (no half-written document) with the same chunking.
+    signature = chunking_signature(embedder.model_dir / "tokenizer.json", chunk_tokens, overlap_tokens)
+    exists = store.exists()
+    stored = read_stored(store) if exists else StoredRows({}, {})
+    keep: set[str] = set()
+    if exists and store.ingest_state() == signature:
+        keep = {d["source"] for d in documents if d.get("sha256") and stored.hashes.get(d["source"]) == {d["sha256"]}}
+    mark = time.perf_counter()
     chunks, quarantined = chunk_documents(
-        documents, embedder.tokenizer, chunk_tokens, overlap_tokens, progress=progress
+        [d for d in documents if d["source"] not in keep], embedder.tokenizer, chunk_tokens, overlap_tokens,
+        progress=progress,
     )
-    timings["chunk_s"] = time.perf_counter() - start - timings["discover_s"]
+    timings["chunk_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    plan = plan_changes(store, chunks)
+    plan = plan_changes(store, chunks, keep_sources=keep, stored=stored)
     store.ensure_collection()
     deleted = store.delete_sources(plan.sources_to_delete)
     pending: list[tuple[int, Any]] = []
@@ -73,12 +84,14 @@ def ingest(
     if plan.chunks_to_embed:
         embed_chunks(plan.chunks_to_embed, embedder, on_batch=write, progress=progress)
         flush()
+    store.set_ingest_state(signature)  # last: everything above is written
     timings["embed_write_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - start
     written = {chunk["source"] for chunk in plan.chunks_to_embed}
     return {
         "documents": len(documents),
-        "chunks": len(chunks),
+        "chunks": len(chunks) + sum(len(stored.ids[source]) for source in keep),
+        "chunked_documents": len(documents) - len(keep),
         "quarantined": quarantined,
         "inserted": len(plan.chunks_to_embed),
         "deleted": deleted,

@@ -33,6 +33,9 @@ SCALAR_FIELDS: dict[str, tuple[str, int | None]] = {
     "metadata": ("JSON", None),
 }
 MAX_JSON_BYTES = 65536  # Milvus' default limit for one JSON value
+# Collection property: the chunking signature of the last ingest that finished, or "" once
+# anything has written since (see MilvusStore.ingest_state).
+INGEST_STATE_PROPERTY = "modelchain.ingest_state"
 VECTOR_FIELD = "vector"
 ROW_FIELDS = ("id", VECTOR_FIELD, *[f for f in SCALAR_FIELDS if f != "id"])
 METRICS = ("COSINE", "IP", "L2")
@@ -132,6 +135,7 @@ class MilvusStore:
         self.batch_size = batch_size
         self._client: Any = None
         self._ready = False
+        self._marked_dirty = False
 
     # -- connection ------------------------------------------------------------------
 
@@ -271,6 +275,8 @@ class MilvusStore:
         self.check_collection()
         now = _now()
         prepared = [self._prepare_row(row, now) for row in rows]
+        if prepared:
+            self._mark_dirty()
         for start in range(0, len(prepared), self.batch_size):
             self.client.upsert(self.collection, prepared[start : start + self.batch_size])
         return len(prepared)
@@ -307,6 +313,8 @@ class MilvusStore:
         """Delete every row of the given sources; returns the number of rows deleted."""
         self.check_collection()
         sources = sorted(set(sources))
+        if sources:
+            self._mark_dirty()
         deleted = 0
         # Filters are kept to a moderate length; one expression per 100 sources.
         for start in range(0, len(sources), 100):
@@ -319,6 +327,38 @@ class MilvusStore:
             else:
                 deleted += int(result.get("delete_count", 0))
         return deleted
+
+    def ingest_state(self) -> str:
+        """The chunking signature recorded by the last ingest that finished ("" if none).
+
+        Every write first clears it, so a run that was stopped half-way leaves "": the
+        next run then compares every chunk id instead of trusting document hashes.
+        """
+        try:
+            properties = self.client.describe_collection(self.collection).get("properties") or {}
+        except Exception:  # noqa: BLE001 - a server without collection properties: no state
+            return ""
+        return str(properties.get(INGEST_STATE_PROPERTY, ""))
+
+    def set_ingest_state(self, state: str) -> bool:
+        """Record ``state`` (see ``ingest_state``); False if the server keeps no properties."""
+        try:
+            self.client.alter_collection_properties(self.collection, properties={INGEST_STATE_PROPERTY: state})
+        except Exception as exc:  # noqa: BLE001
+            logging.getLogger(__name__).warning("cannot record the ingest state on %r: %s", self.collection, exc)
+            return False
+        # After a finished ingest the next write must clear the state again.
+        self._marked_dirty = not state
+        return True
+
+    def _mark_dirty(self) -> None:
+        if self._marked_dirty:
+            return
+        # A server without properties never had a state to trust; one that has a state
+        # this write cannot clear must not be written, or the state would lie.
+        if not self.set_ingest_state("") and self.ingest_state():
+            raise RuntimeError(f"cannot clear the ingest state of {self.collection!r} before writing")
+        self._marked_dirty = True
 
     # -- reads -----------------------------------------------------------------------
 

@@ -35,6 +35,16 @@ _HTML_DROP = ["script", "style", "noscript", "template", "svg", "canvas", "ifram
 _HTML_META = ("description", "author", "keywords", "og:title", "og:description", "dc.title", "dc.creator")
 
 
+# Part of chunking_signature: bump it when a change here changes the chunks of a document.
+CHUNKER_VERSION = "2"
+
+
+def chunking_signature(tokenizer_file: str | Path, chunk_tokens: int, overlap_tokens: int) -> str:
+    """What the chunks of a document depend on besides its bytes: this code, sizes, tokenizer."""
+    tokenizer_hash = sha256_bytes(Path(tokenizer_file).read_bytes()) if Path(tokenizer_file).is_file() else str(tokenizer_file)
+    return sha256_text(json.dumps([CHUNKER_VERSION, chunk_tokens, overlap_tokens, tokenizer_hash]))
+
+
 def document_format(source: str) -> str:
     """``markdown``, ``html``, ``pdf`` or ``text``, from the file name."""
     name = source.lower()

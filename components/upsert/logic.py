@@ -8,7 +8,7 @@ its old rows and gets its new ones; a document that is gone loses its rows.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Sequence
 
 from modelchain.core.vectorstore import MilvusStore
 
@@ -41,8 +41,28 @@ class ChangePlan(NamedTuple):
     unchanged_sources: list[str]
 
 
+class StoredRows(NamedTuple):
+    ids: dict[str, set[str]]  # source -> chunk ids in the collection
+    hashes: dict[str, set[str]]  # source -> doc_hash values of its rows (one, unless half-written)
+
+
+def read_stored(store: MilvusStore) -> StoredRows:
+    """The ids and doc hashes of every row, by source, in one pass over the collection."""
+    ids: dict[str, set[str]] = defaultdict(set)
+    hashes: dict[str, set[str]] = defaultdict(set)
+    if store.exists():
+        for row in store.iter_rows(("source", "doc_hash")):
+            ids[row["source"]].add(row["id"])
+            hashes[row["source"]].add(row["doc_hash"])
+    return StoredRows(dict(ids), dict(hashes))
+
+
 def plan_changes(
-    store: MilvusStore, chunks: Sequence[dict], allow_delete_all: bool = False
+    store: MilvusStore,
+    chunks: Sequence[dict],
+    allow_delete_all: bool = False,
+    keep_sources: Iterable[str] = (),
+    stored: Optional[StoredRows] = None,
 ) -> ChangePlan:
     """Compare ``chunks`` (the whole current corpus) with the collection.
 
@@ -50,6 +70,8 @@ def plan_changes(
     that stopped half-way through a document, also rewrites that document. An empty
     ``chunks`` would delete the whole collection, which is refused unless
     ``allow_delete_all`` (an empty corpus is more often a wrong source folder).
+    ``keep_sources`` are documents known to be unchanged and not chunked again: their
+    rows stay. ``stored`` saves reading the collection when the caller already has.
     """
     current_ids: dict[str, set[str]] = defaultdict(set)
     current_hash: dict[str, str] = {}
@@ -61,25 +83,21 @@ def plan_changes(
         if current_hash.setdefault(source, chunk["doc_hash"]) != chunk["doc_hash"]:
             raise ValueError(f"chunks of {source!r} carry different doc_hash values")
 
-    stored_ids: dict[str, set[str]] = defaultdict(set)
-    stored_hashes: dict[str, set[str]] = defaultdict(set)
-    if store.exists():
-        for row in store.iter_rows(("source", "doc_hash")):
-            stored_ids[row["source"]].add(row["id"])
-            stored_hashes[row["source"]].add(row["doc_hash"])
-    if not chunks and stored_ids and not allow_delete_all:
+    stored_ids, stored_hashes = stored if stored is not None else read_stored(store)
+    keep = set(keep_sources) & set(stored_ids)
+    if not chunks and not keep and stored_ids and not allow_delete_all:
         raise ValueError(
             f"no chunks to ingest: this would delete all {len(stored_ids)} documents of "
             f"collection {store.collection!r}; check the source folder"
         )
 
-    unchanged = {
+    unchanged = keep | {
         source
         for source, ids in current_ids.items()
-        if stored_hashes.get(source) == {current_hash[source]} and stored_ids[source] == ids
+        if stored_hashes.get(source) == {current_hash[source]} and stored_ids.get(source) == ids
     }
     changed = {source for source in current_ids if source in stored_ids} - unchanged
-    removed = set(stored_ids) - set(current_ids)
+    removed = set(stored_ids) - set(current_ids) - keep
     return ChangePlan(
         chunks_to_embed=[c for c in chunks if c["source"] not in unchanged],
         sources_to_delete=sorted(changed | removed),
