@@ -4,8 +4,9 @@ Four runtimes of the same weights, chosen by ``rag.embedding.runtime``:
 
 - ``torch``: sentence-transformers on the CPU (fp32, or bf16 where the CPU has it);
 - ``onnx``: the same network exported once to ONNX, run by onnxruntime (fp32);
-- ``onnx-int8``: that export with int8 weights (onnxruntime dynamic quantization): about
-  twice the speed of ``torch`` on AVX2 CPUs, cosine about 0.99 to fp32;
+- ``onnx-int8``: that export with int8 weights (onnxruntime dynamic quantization): 2-3x
+  the speed of ``torch`` on AVX2 CPUs, cosine about 0.99 to fp32, recall@5 about a point
+  lower (bench/rag_ingest.py);
 - ``openai``: an OpenAI-compatible ``/embeddings`` endpoint.
 
 The ONNX files are made once per model and runtime version and cached under

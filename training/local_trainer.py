@@ -365,6 +365,8 @@ def train_lora(
         _plot_losses(losses, tmp / "loss_curve.png")
         metrics["total_seconds"] = round(time.perf_counter() - started, 3)
         (tmp / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        for path in tmp.iterdir():
+            path.chmod(0o644)  # some writers create private files; the adapter is shared
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
