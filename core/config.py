@@ -136,6 +136,17 @@ class NemoTrainConfig:
 
 
 @dataclass
+class LocalTrainConfig:
+    """What only the local trainer (cluster=local) reads (train.local)."""
+
+    packing: bool = True  # several conversations per row of max_seq_len instead of padding each
+    keep_checkpoints: int = 2
+    # Empty: <cluster.workdir>/checkpoints/finetune-<hash of settings and data>, so that the
+    # same pipeline run again resumes where a killed one stopped.
+    checkpoint_dir: str = ""
+
+
+@dataclass
 class TrainConfig:
     name: str = MISSING
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -145,13 +156,15 @@ class TrainConfig:
     grad_accum: int = 1
     max_seq_len: int = 256
     seed: int = 0
-    # Cluster scale-out (PyTorchJob): nodes x processes per node.
+    # Cluster scale-out (PyTorchJob): nodes x processes per node. On cluster=local,
+    # procs_per_node > 1 runs the local trainer under torchrun with that many CPU processes.
     nodes: int = 1
     procs_per_node: int = 1
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     checkpoint_every: int = 0  # steps; 0 = only the final adapter
     nemo: NemoTrainConfig = field(default_factory=NemoTrainConfig)
+    local: LocalTrainConfig = field(default_factory=LocalTrainConfig)
 
 
 # --------------------------------------------------------------------------- eval
@@ -192,6 +205,37 @@ class EvalConfig:
 
 # --------------------------------------------------------------------------- serve
 @dataclass
+class ServeCanaryConfig:
+    """The canary rollout after register (components/canary): analysis, local stack, faults."""
+
+    enabled: str = "auto"  # auto (on where the local serving stack is installed) | true | false
+    # Thresholds relative to stable (its metrics since the rollout began); absolute ones are
+    # serve.max_error_rate, serve.max_p95_latency_s and serve.max_p95_ttft_s.
+    max_error_rate_increase: float = 0.01  # canary error rate minus stable's
+    max_latency_ratio: float = 1.5  # canary p95 end-to-end latency / stable's
+    max_ttft_ratio: float = 1.5  # canary p95 time to first token / stable's
+    latency_tolerance_s: float = 0.25  # p95 differences smaller than this never fail a step
+    min_requests: int = 5  # fewer canary requests in a window = no data
+    no_data_retries: int = 1  # a step without data is analysed again this often, then fails
+    prometheus_url: str = ""  # cluster: the Prometheus HTTP API; local: the stack's own
+    stable_selector: str = 'side="stable"'  # PromQL label matchers of each side's vLLM metrics
+    canary_selector: str = 'side="canary"'
+    # Local stack (cluster=local): vLLM's CPU build in its own venv, nginx and Prometheus.
+    vllm_python: str = "${mc_path:.venv-vllm/bin/python}"
+    max_model_len: int = 512
+    max_num_seqs: int = 4
+    dtype: str = "float32"  # bfloat16 is emulated, and much slower, on CPUs without AVX512-BF16
+    start_timeout_s: int = 600
+    scrape_interval_s: int = 1
+    # Traffic replayed through the router during the rollout (validation split prompts).
+    traffic_concurrency: int = 2
+    traffic_max_tokens: int = 16
+    # Fault injected into the local candidate for drills: "" | unknown_model (the candidate loads
+    # its adapter under another name, so it answers the public name with 404).
+    fault: str = ""
+
+
+@dataclass
 class ServeConfig:
     name: str = MISSING
     engine: str = "vllm"
@@ -203,6 +247,38 @@ class ServeConfig:
     analysis_interval_s: int = 60
     max_error_rate: float = 0.01
     max_p95_latency_s: float = 2.0
+    # -- canary analysis and rollout (components/canary/controller.py)
+    max_p95_ttft_s: float = 1.0
+    canary: ServeCanaryConfig = field(default_factory=ServeCanaryConfig)
+    # -- cluster deployment (`modelchain render serving`, cluster=eks): components/canary/manifests.py
+    namespace: Optional[str] = None  # None = cluster.namespace
+    app_name: str = "vllm"  # Deployments and Services <app_name>-stable and <app_name>-canary
+    adapter_name: Optional[str] = None  # the LoRA name clients ask for; None = the registered model
+    base_model: Optional[str] = None  # what vLLM loads; None = model.path, else model.hf_id
+    replicas: int = 2  # stable
+    canary_replicas: int = 1
+    gpus: int = 1  # nvidia.com/gpu per pod, also vLLM's --tensor-parallel-size
+    cpu: str = "8"
+    memory: str = "32Gi"
+    max_model_len: int = 4096
+    gpu_memory_utilization: float = 0.9
+    port: int = 8000
+    extra_args: list[str] = field(default_factory=list)
+    adapter_image: str = "amazon/aws-cli:2.22.0"  # the init container that syncs the adapter from S3
+    artifact_store: Optional[str] = None  # adapters must live under it; None = cluster.mlflow.artifact_location
+    s3_secret: Optional[str] = None  # secret with AWS_ACCESS_KEY_ID/SECRET; None = cluster.secret_env AWS_* or IRSA
+    hf_token_secret: Optional[str] = None  # secret (key `token`) for a gated base model from the Hub
+    service_account: Optional[str] = None
+    node_pool: str = "inference"  # a key of cluster.karpenter.node_pools: its nodeSelector and tolerations
+    node_selector: dict[str, str] = field(default_factory=dict)  # added to the pool's
+    tolerations: list[TolerationConfig] = field(default_factory=list)  # added to the pool's
+    min_available: int = 1  # PodDisruptionBudget of the stable Deployment
+    gateway_name: str = "modelchain-gateway"
+    gateway_namespace: Optional[str] = None  # None = the route's namespace
+    route_name: str = "vllm"
+    hostnames: list[str] = field(default_factory=list)
+    path_prefix: str = "/v1"
+    request_timeout: str = "300s"  # a long completion must not be cut by the gateway's default
 
 
 # --------------------------------------------------------------------------- rag
@@ -588,6 +664,14 @@ def _validate(cfg: DictConfig) -> None:
              "a local run needs model.path or model.gguf_package")
         if cluster.kind == "eks":
             _validate_cluster_training(cfg, need)
+        else:
+            need(train.batch_size * train.grad_accum >= train.procs_per_node, "train.procs_per_node",
+                 f"{train.procs_per_node} processes need at least as many conversations a step "
+                 f"(batch_size x grad_accum = {train.batch_size * train.grad_accum})")
+            need(train.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+            need(train.local.keep_checkpoints >= 1, "train.local.keep_checkpoints", "must be >= 1")
+    if "serve" in cfg:
+        _validate_serve_canary(cfg.serve, need)
     rag = cfg.rag
     need(rag.chunk.overlap < rag.chunk.tokens, "rag.chunk.overlap", "must be smaller than rag.chunk.tokens")
     need(rag.milvus.metric in ("COSINE", "IP", "L2"), "rag.milvus.metric", f"must be COSINE, IP or L2, got {rag.milvus.metric!r}")
@@ -598,6 +682,22 @@ def _validate(cfg: DictConfig) -> None:
          "runtime openai needs an OpenAI-compatible base URL")
     need(embedding.dtype in ("float32", "bfloat16"), "rag.embedding.dtype", f"must be float32 or bfloat16, got {embedding.dtype!r}")
     need(embedding.batch_size >= 1, "rag.embedding.batch_size", "must be >= 1")
+
+
+def _validate_serve_canary(serve: DictConfig, need) -> None:
+    """The canary's steps, limits and switches (components/canary)."""
+    steps = list(serve.canary_steps)
+    need(bool(steps) and all(0 < s <= 100 for s in steps) and steps == sorted(set(steps)), "serve.canary_steps",
+         f"must be increasing percentages in 1..100, got {steps}")
+    need(serve.analysis_interval_s >= 1, "serve.analysis_interval_s", "must be >= 1")
+    canary = serve.canary
+    # Hydra parses `enabled=true` as a bool, which the str field keeps as "True".
+    need(str(canary.enabled).lower() in ("auto", "true", "false"), "serve.canary.enabled",
+         f"must be auto, true or false, got {canary.enabled!r}")
+    need(canary.fault in ("", "unknown_model"), "serve.canary.fault", f"must be '' or unknown_model, got {canary.fault!r}")
+    for key in ("max_latency_ratio", "max_ttft_ratio"):
+        need(canary[key] >= 1.0, f"serve.canary.{key}", f"must be >= 1.0, got {canary[key]}")
+    need(canary.min_requests >= 1, "serve.canary.min_requests", "must be >= 1")
 
 
 def _validate_data(data: DictConfig, need) -> None:

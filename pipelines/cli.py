@@ -10,6 +10,7 @@
     modelchain promote  MODEL VERSION               VERSION becomes champion (old one: previous)
     modelchain rollback MODEL                       champion goes back to previous
     modelchain render   training|infra --out DIR    validated PyTorchJob / Karpenter + FSx manifests
+    modelchain render   serving --adapter-uri S3 --version N --out DIR   vLLM stable/canary + HTTPRoute
     modelchain data prep [overrides] --out DIR      the data step alone: splits, quarantine, data card
     modelchain eval [overrides] --adapter DIR --out DIR  evaluation + gate here; exit 3 when refused
 
@@ -33,6 +34,7 @@ EXAMPLES = """examples:
   modelchain lineage smollm2-135m-instruct-ticket-routing@champion --json
   modelchain promote smollm2-135m-instruct-ticket-routing 3 cluster=eks
   modelchain render training model=llama3_8b train=cluster_8gpu --out k8s/
+  modelchain render serving --adapter-uri s3://bucket/mlflow/1/RUN/artifacts/adapter --version 4 --out k8s/serving/
   modelchain data prep data=chat_jsonl data.source.uri=s3://bucket/chats/ --out prepared/
   modelchain eval eval=default --adapter out/adapter --champion models:/NAME@champion --out eval-out/
 """
@@ -316,15 +318,24 @@ def cmd_rollback(args) -> int:
 def _add_render_verb(verbs) -> None:
     p = verbs.add_parser(
         "render",
-        help="write validated cluster manifests: the training PyTorchJob, or the Karpenter/FSx infra",
+        help="write validated cluster manifests: the training PyTorchJob, the Karpenter/FSx infra, or serving",
     )
-    p.add_argument("what", choices=("training", "infra"), help="training: ConfigMap + PyTorchJob; "
-                   "infra: NodePools, EC2NodeClass, FSx StorageClass/PV/PVC")
+    p.add_argument("what", choices=("training", "infra", "serving"), help="training: ConfigMap + PyTorchJob; "
+                   "infra: NodePools, EC2NodeClass, FSx StorageClass/PV/PVC; serving: vLLM stable and canary "
+                   "Deployments, Services, PodDisruptionBudgets, HTTPRoute (serve=eks is implied)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the finetune config (cluster=eks is implied)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the YAML files (<kind>-<name>.yaml)")
     p.add_argument("--crd-dir", metavar="DIR", help="CRDs to validate against (default: $MODELCHAIN_CRD_DIR, "
                    "else ../shared/crds); e.g. from `kubectl get crd nodepools.karpenter.sh -o yaml`")
     p.add_argument("--name", help="PyTorchJob name (training; default: <model>-lora-<hash of the settings>)")
+    p.add_argument("--adapter-uri", metavar="URI", help="serving: the candidate model version's adapter, its s3:// "
+                   "artifact URI (`modelchain lineage MODEL/N` shows it); served by the canary")
+    p.add_argument("--version", metavar="N", help="serving: the candidate's model version number")
+    p.add_argument("--stable-uri", metavar="URI", help="serving: the champion's adapter URI, served by the stable "
+                   "track (default: the candidate on both, a first rollout)")
+    p.add_argument("--stable-version", metavar="N", help="serving: the champion's model version number")
+    p.add_argument("--canary-weight", type=int, default=0, metavar="PCT",
+                   help="serving: the canary's initial share of traffic in percent (default: 0)")
     p.set_defaults(handler=cmd_render)
 
 
@@ -334,6 +345,10 @@ def cmd_render(args) -> int:
     overrides = list(args.overrides)
     if not any(o.startswith("cluster=") for o in overrides):
         overrides.insert(0, "cluster=eks")
+    if args.what == "serving" and not any(o.startswith("serve=") for o in overrides):
+        overrides.insert(1, "serve=eks")
+    if args.what == "serving" and not (args.adapter_uri and args.version):
+        raise CliError("render serving needs --adapter-uri URI and --version N (the candidate model version)")
     cfg = _compose("finetune", overrides)
     if cfg.cluster.kind != "eks":
         raise CliError(f"render describes an EKS cluster; cluster.kind is {cfg.cluster.kind!r} (use cluster=eks)")
@@ -345,6 +360,11 @@ def cmd_render(args) -> int:
             from modelchain.training.pytorchjob import render
 
             manifests = render(cfg, args.name)
+        elif args.what == "serving":
+            from modelchain.components.canary.manifests import render
+
+            manifests = render(cfg, args.adapter_uri, args.version, stable_uri=args.stable_uri,
+                               stable_version=args.stable_version, canary_weight=args.canary_weight)
         else:
             from modelchain.training.infra import render
 

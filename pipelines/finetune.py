@@ -1,9 +1,10 @@
-"""The finetune pipeline: data_prep -> finetune -> evaluate -> gate -> (passed) register."""
+"""The finetune pipeline: data_prep -> finetune -> evaluate -> gate -> (passed) register -> canary."""
 
 # No `from __future__ import annotations` here: KFP reads the real parameter types.
 
 from omegaconf import DictConfig
 
+from modelchain.components.canary.component import canary
 from modelchain.components.data_prep.component import data_prep
 from modelchain.components.evaluate.component import evaluate
 from modelchain.components.finetune.component import finetune
@@ -19,14 +20,14 @@ def build(cfg: DictConfig):
 
     settings = settings_json(cfg)
     image = cfg.cluster.image
-    data_prep_op, finetune_op, evaluate_op, gate_op, register_op = (
-        make_component(fn, image) for fn in (data_prep, finetune, evaluate, gate, register)
+    data_prep_op, finetune_op, evaluate_op, gate_op, register_op, canary_op = (
+        make_component(fn, image) for fn in (data_prep, finetune, evaluate, gate, register, canary)
     )
     cluster = cfg.cluster
 
     @dsl.pipeline(
         name="finetune",
-        description="Data prep, LoRA fine-tune, evaluation gate and MLflow registration of an adapter.",
+        description="Data prep, LoRA fine-tune, evaluation gate, MLflow registration and canary rollout of an adapter.",
     )
     def finetune_pipeline(
         data_uri: str = cfg.data.source.uri,
@@ -69,10 +70,15 @@ def build(cfg: DictConfig):
             cluster,
         )
         with dsl.If(decided.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (KFP condition)
-            place(
+            registered = place(
                 register_op(
                     settings=settings, mlflow_run=decided.outputs["mlflow_run"], adapter=tune.outputs["adapter"]
                 ),
+                cluster,
+            )
+            # canary -> promote (alias champion) or roll back; serve.canary.enabled can skip it
+            place(
+                canary_op(settings=settings, model_uri=registered.output, splits=prep.outputs["splits"]),
                 cluster,
             )
 

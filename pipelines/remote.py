@@ -59,14 +59,14 @@ def connect(host: str, namespace: str | None = None, token: str | None = None) -
     finds credentials itself (kubeconfig, in-cluster service account). The token is
     never printed, logged or put into an error message.
     """
-    import kfp
+    from kfp.client import Client  # not kfp.Client: `compile` may have imported kfp without it
 
     token = token or os.environ.get(TOKEN_ENV) or None
     with warnings.catch_warnings():
         # kfp.Client always warns that it needs a KFP >= 2.0.0-beta.2 backend.
         warnings.filterwarnings("ignore", message="This client only works", category=FutureWarning)
         try:
-            return kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token)
+            return Client(host=host, namespace=namespace or "kubeflow", existing_token=token)
         except Exception as exc:  # noqa: BLE001 - re-raised with a safe message
             _reraise(exc, f"connecting to the KFP API at {host}", token)
 

