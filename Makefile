@@ -65,7 +65,8 @@ serve-tools:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx prometheus; \
 	fi
 
-demo: setup
+# The canary step (part of the finetune pipeline) needs the serving stack.
+demo: setup setup-serve
 	$(VENV)/bin/modelchain demo
 
 # tests/integration/test_nemo_env.py runs tests/nemo with .venv-nemo's python.

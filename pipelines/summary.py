@@ -37,8 +37,21 @@ def _finetune(cfg: DictConfig) -> str:
         lines.append(f"  registered: models:/{name}@{alias} = version {version} ({source})")
     if not aliases:
         lines.append(f"  registered: nothing under {name!r} yet")
+    else:
+        lines.extend(_canary(client, name))
     lines.append(f"  look: mlflow ui --backend-store-uri {tracking_uri} --port 5000  (then http://127.0.0.1:5000)")
     return "\n".join(lines)
+
+
+def _canary(client, name: str) -> list[str]:
+    """The newest version's canary outcome and where its rollout report is."""
+    newest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    outcome = newest.tags.get("canary.outcome")
+    if outcome is None:
+        return [f"  canary: version {newest.version} not rolled out (serve.canary.enabled, or `make setup-serve`)"]
+    run = client.get_run(newest.run_id) if newest.run_id else None
+    where = f"{run.info.artifact_uri}/canary/rollout.md" if run else "its MLflow run"
+    return [f"  canary: version {newest.version} {outcome}; rollout report: {where}"]
 
 
 def _rag_ingest(cfg: DictConfig) -> str:
