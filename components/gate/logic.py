@@ -125,6 +125,18 @@ def resolved_training(settings: dict[str, Any], train_metrics: dict) -> dict[str
     return resolved
 
 
+def _log_loss_series(client, run_id: str, losses: list) -> None:
+    """The training loss of every step as the series `train.loss`: MLflow draws the curve."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    series = [Metric("train.loss", float(loss), now, step) for step, loss in enumerate(losses, 1) if _finite(loss)]
+    for start in range(0, len(series), 1000):  # log_batch takes at most 1,000 metrics a call
+        client.log_batch(run_id, metrics=series[start : start + 1000])
+
+
 def _config_json(settings: dict[str, Any]) -> str:
     return json.dumps(settings, indent=2, sort_keys=True, default=str)
 
@@ -192,6 +204,7 @@ def _record(settings, decision, results, report_path, splits_dir, adapter_dir, k
     ):
         if source is not None and source.is_file():
             client.log_artifact(run_id, str(source), folder)
+    _log_loss_series(client, run_id, train_metrics.get("losses") or [])
     client.log_text(run_id, _config_json(settings), "config/resolved_config.json")
     client.log_text(run_id, json.dumps(training, indent=2, sort_keys=True), "config/training.json")
     client.log_text(run_id, json.dumps(results, indent=2, default=str), "eval/results.json")

@@ -44,7 +44,7 @@ def pipeline_outputs(tmp_path, monkeypatch, template_db):
     prepare(str(dataset), tmp_path / "splits", system_prompt="Route it.")
     adapter = make_adapter(tmp_path / "adapter")
     (adapter / "train_metrics.json").write_text(json.dumps({
-        "final_loss": 0.25, "steps": 3, "settings": {"rank": 4, "alpha": 8, "max_steps": 3, "learning_rate": 0.001},
+        "final_loss": 0.25, "steps": 3, "losses": [1.5, 0.75, 0.25], "settings": {"rank": 4, "alpha": 8, "max_steps": 3, "learning_rate": 0.001},
     }))
     return {"home": home, "settings": settings, "splits": tmp_path / "splits", "adapter": adapter,
             "results": eval_results(), "report": tmp_path / "gate.md", "dataset": dataset}
@@ -88,6 +88,8 @@ def test_gate_and_register_record_the_whole_lineage(pipeline_outputs):
 
     run = client.get_run(run_id)
     assert run.data.params["lora.rank"] == "4"  # what the trainer ran with, not the compiled default
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train.loss")] == [
+        (1, 1.5), (2, 0.75), (3, 0.25)]
     files = {a.path for folder in ("adapter", "reports", "eval", "data", "config", "training")
              for a in client.list_artifacts(run_id, folder)}
     assert {"adapter/adapter_config.json", "adapter/modelchain_manifest.json", "eval/report.md", "eval/results.json",
