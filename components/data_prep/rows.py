@@ -23,6 +23,7 @@ import orjson
 from modelchain.components.data_prep.sources import BadItem, Batch
 
 _NEMO_ROLES = {"user": "User", "assistant": "Assistant"}
+PSS_EVERY = 4  # batches between two reads of a process's PSS
 
 
 @dataclass
@@ -155,7 +156,11 @@ class RowStage:
             out.signatures = self.hasher.signatures(
                 ["\n".join(m["content"] for m in messages if m["role"] != "system") for messages, _ in rows])
         out.pid = os.getpid()
-        self.peak_pss_kb = max(getattr(self, "peak_pss_kb", 0), pss_kb())
+        # Reading smaps_rollup walks the page tables (milliseconds): every few batches is
+        # enough for a worker whose memory is flat after its first batches.
+        self.batches = getattr(self, "batches", 0) + 1
+        if self.batches <= PSS_EVERY or self.batches % PSS_EVERY == 0:
+            self.peak_pss_kb = max(getattr(self, "peak_pss_kb", 0), pss_kb())
         out.peak_pss_kb = self.peak_pss_kb
         return out
 

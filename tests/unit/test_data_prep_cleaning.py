@@ -61,6 +61,63 @@ def test_pii_leaves_ordinary_text_alone(text):
     assert Scrubber().scrub(text) == (text, 0)
 
 
+def _mixed_sample(n=600, seed=3):
+    """Rows like the benchmark's (plain prose, some PII) plus Unicode, control characters and
+    near-misses of every guard: the inputs the fast paths must not treat differently."""
+    from modelchain.bench.data_prep_throughput import WORDS, _pii
+
+    rng = random.Random(seed)
+    extras = ["", " Caf\u00e9 \u200bzero-width", " \uff21 full width", " line\r\nbreak\x07bell",
+              " password policy", " Note: a colon", " a:b:c not an ip", " ask-me", " 42 apples",
+              " x@y", " bearer of news", " 2001:db8::1", " sk-short", " -----begin nothing",
+              " ghp_tooshort", " api_key = abcdefgh12345678", " eyJhbGciOi.eyJzdWIiOi.abcdefghijk"]
+    texts = []
+    for _ in range(n):
+        text = " ".join(rng.choices(WORDS, k=rng.randint(5, 60))).capitalize() + "."
+        if rng.random() < 0.3:
+            text += _pii(rng)
+        if rng.random() < 0.5:
+            text += rng.choice(extras)
+        texts.append(text)
+    return texts
+
+
+def test_pii_guards_skip_only_rules_that_cannot_match():
+    """The guards (substrings and characters each rule needs) change nothing: scrubbing with
+    every rule applied to every text gives the same texts and counts."""
+    from modelchain.components.data_prep.pii import _sub
+
+    texts = _mixed_sample()
+    guarded, reference = Scrubber(), Scrubber()
+    for i in range(0, len(texts), 2):
+        row = texts[i:i + 2]
+        out, found = guarded.scrub_many(row)
+        expected, total = [], 0
+        for text in row:
+            for kind, _, pattern, replacement in reference.text_rules:
+                text, hits = _sub(pattern, replacement, text)
+                reference.counts[kind] += hits
+                total += hits
+            text, hits = reference._numbers(text)
+            expected.append(text)
+            total += hits
+        assert (out, found) == (expected, total), row
+    assert guarded.counts == reference.counts and sum(guarded.counts.values()) > 50
+
+
+def test_normalize_fast_paths_equal_the_full_normalisation():
+    import re
+    import unicodedata
+
+    from modelchain.components.data_prep.cleaning import _INVISIBLE
+
+    for text in _mixed_sample():
+        for form in ("NFC", "NFKC"):
+            full = unicodedata.normalize(form, text).translate(_INVISIBLE).replace("\r\n", "\n").replace("\r", "\n")
+            full = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", full).strip()
+            assert normalize(text, form) == full
+
+
 def test_luhn():
     assert luhn_ok("4111111111111111") and luhn_ok("79927398713") and not luhn_ok("4111111111111112")
 

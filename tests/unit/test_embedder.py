@@ -71,6 +71,44 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     assert [p for p in (tmp_path / "cache" / "onnx").iterdir() if not p.name.endswith(".lock")] == []
 
 
+
+def test_int8_recipe_keeps_the_down_projections_fp32(tmp_path):
+    """A feed-forward block (widen, GELU-like, narrow): the widening MatMul gets int8 weights,
+    the narrowing one stays fp32, and the output stays close to the fp32 graph's."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    up = numpy_helper.from_array(rng.normal(0, 0.05, (64, 256)).astype(np.float32), "up_weight")
+    down = numpy_helper.from_array(rng.normal(0, 0.05, (256, 64)).astype(np.float32), "down_weight")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "up_weight"], ["wide"], name="ffn/up/MatMul"),
+            helper.make_node("Relu", ["wide"], ["act"], name="ffn/act"),
+            helper.make_node("MatMul", ["act", "down_weight"], ["y"], name="ffn/down/MatMul"),
+        ],
+        "ffn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        initializer=[up, down],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, tmp_path / "fp32.onnx")
+    assert embedder_module._int8_sensitive_matmuls(model) == ["ffn/down/MatMul"]
+
+    embedder_module._quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    quantized = onnx.load(tmp_path / "int8.onnx")
+    matmuls = {node.name: node.op_type for node in quantized.graph.node if "MatMul" in node.op_type}
+    assert matmuls.get("ffn/down/MatMul") == "MatMul"  # fp32, untouched
+    assert "ffn/up/MatMul" not in matmuls and any(op != "MatMul" for op in matmuls.values())  # int8
+    x = rng.normal(0, 1, (8, 64)).astype(np.float32)
+    run = {name: ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+           for name in ("fp32", "int8")}
+    y32, y8 = (run[name].run(None, {"x": x})[0] for name in ("fp32", "int8"))
+    cosines = (y32 * y8).sum(1) / np.linalg.norm(y32, axis=1) / np.linalg.norm(y8, axis=1)
+    assert cosines.min() > 0.99, cosines
+
 def test_token_counter_counts_like_the_transformers_tokenizer():
     from transformers import AutoTokenizer
 
