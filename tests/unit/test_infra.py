@@ -8,12 +8,7 @@ import yaml
 from modelchain.core.config import compose
 from modelchain.training import infra, validate
 
-
-def crd_dir():
-    found = validate.default_crd_dir()
-    if found is None:
-        pytest.skip("no upstream CRDs: set MODELCHAIN_CRD_DIR or provide ../shared/crds beside the repository")
-    return found
+from ..crds import crd_dir
 
 
 @pytest.fixture(scope="module")

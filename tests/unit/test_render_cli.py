@@ -9,6 +9,8 @@ import yaml
 
 from modelchain.training import validate
 
+from ..crds import crd_dir
+
 HEAVY = ["torch", "transformers", "kfp", "mlflow", "kubernetes", "kubeflow", "jsonschema", "nemo"]
 
 
@@ -17,13 +19,6 @@ def modelchain(*args, env=None):
         [sys.executable, "-m", "modelchain.pipelines.cli", *args],
         capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300,
     )
-
-
-def crd_dir():
-    found = validate.default_crd_dir()
-    if found is None:
-        pytest.skip("no upstream CRDs: set MODELCHAIN_CRD_DIR or provide ../shared/crds beside the repository")
-    return found
 
 
 def test_render_help_imports_nothing_heavy():
