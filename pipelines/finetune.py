@@ -31,6 +31,8 @@ def build(cfg: DictConfig):
     )
     def finetune_pipeline(
         data_uri: str = cfg.data.source.uri,
+        feedback_since: str = cfg.data.feedback.since or "",
+        feedback_until: str = cfg.data.feedback.until or "",
         max_steps: int = cfg.train.max_steps,
         learning_rate: float = cfg.train.learning_rate,
         lora_rank: int = cfg.train.lora.rank,
@@ -39,7 +41,12 @@ def build(cfg: DictConfig):
         min_improvement: float = cfg.eval.min_improvement,
         champion: str = cfg.eval.champion,
     ):
-        prep = place(data_prep_op(settings=settings, data_uri=data_uri), cluster).set_display_name("data-prep")
+        prep = place(
+            data_prep_op(
+                settings=settings, data_uri=data_uri, feedback_since=feedback_since, feedback_until=feedback_until
+            ),
+            cluster,
+        ).set_display_name("data-prep")
         tune = place(
             finetune_op(
                 settings=settings,
@@ -89,6 +96,8 @@ def parameters(cfg: DictConfig) -> dict:
     """The run-time parameters and their values under `cfg` (what a run or schedule sends)."""
     return {
         "data_uri": cfg.data.source.uri,
+        "feedback_since": cfg.data.feedback.since or "",
+        "feedback_until": cfg.data.feedback.until or "",
         "max_steps": cfg.train.max_steps,
         "learning_rate": cfg.train.learning_rate,
         "lora_rank": cfg.train.lora.rank,

@@ -3,14 +3,25 @@
 from kfp.dsl import Dataset, Markdown, Output
 
 
-def data_prep(settings: str, data_uri: str, splits: Output[Dataset], card: Output[Markdown]):
-    """Read, validate, clean and split the dataset at data_uri into train/val/test (a folder)."""
+def data_prep(
+    settings: str,
+    data_uri: str,
+    splits: Output[Dataset],
+    card: Output[Markdown],
+    feedback_since: str = "",
+    feedback_until: str = "",
+):
+    """Read, validate, clean and split the dataset at data_uri into train/val/test (a folder).
+
+    feedback_since/feedback_until bound the production traces taken (data.feedback), e.g.
+    "7d" in a weekly recurring run; "" = no bound.
+    """
     import json
     import shutil
 
-    from modelchain.components.data_prep.logic import options_from_settings, prepare
+    from modelchain.components.data_prep.logic import options_from_settings, prepare, with_feedback_window
 
-    config = json.loads(settings)
+    config = with_feedback_window(json.loads(settings), feedback_since, feedback_until)
     result = prepare(data_uri, splits.path, **options_from_settings(config))
     shutil.copyfile(result.out_dir / "data_card.md", card.path)
     for name, info in result.card["splits"].items():

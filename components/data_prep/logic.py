@@ -413,6 +413,16 @@ def _card(run: _Run, splits: dict, source_uris: list[str], traces, out: Path) ->
 
 
 # --------------------------------------------------------------------------- from the config
+def with_feedback_window(settings: dict[str, Any], since: str, until: str) -> dict[str, Any]:
+    """`settings` with data.feedback.since/until from a run's parameters ("" = no bound).
+
+    The pipeline's parameters default to the config's values, so a recurring run that passes
+    nothing keeps them, and one run can be pointed at another window of traces.
+    """
+    feedback = {**settings["data"]["feedback"], "since": since or None, "until": until or None}
+    return {**settings, "data": {**settings["data"], "feedback": feedback}}
+
+
 def options_from_settings(settings: dict[str, Any], resolve_model: Callable[..., Path] | None = None) -> dict[str, Any]:
     """prepare() keyword arguments from a composed config (`data` and `model` groups)."""
     data = settings["data"]

@@ -84,10 +84,12 @@ def test_compile_local_and_eks(tmp_path, pipeline):
 
 def test_run_time_parameters_have_config_defaults(tmp_path):
     target = tmp_path / "f.yaml"
-    out = modelchain("compile", "finetune", "train.max_steps=11", "train.lora.rank=4", "-o", str(target))
+    out = modelchain("compile", "finetune", "train.max_steps=11", "train.lora.rank=4", "data.feedback.since=7d",
+                     "-o", str(target))
     assert out.returncode == 0, out.stderr
     params = yaml.safe_load(target.read_text())["root"]["inputDefinitions"]["parameters"]
     assert params["max_steps"]["defaultValue"] == 11
     assert params["lora_rank"]["defaultValue"] == 4
     assert params["data_uri"]["defaultValue"].endswith("support_tickets.jsonl")
     assert params["thresholds"]["defaultValue"] == {"exact_match": 0.5}
+    assert params["feedback_since"]["defaultValue"] == "7d" and params["feedback_until"]["defaultValue"] == ""

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from modelchain.components.data_prep.feedback import FeedbackOptions, TraceReader, parse_time
-from modelchain.components.data_prep.logic import DataError, prepare
+from modelchain.components.data_prep.logic import DataError, options_from_settings, prepare, with_feedback_window
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -137,3 +137,16 @@ def test_prepare_merges_traces_with_the_dataset(tmp_path):
     assert only.card["rows_in"] == 10
     with pytest.raises(DataError, match="data.feedback"):
         prepare("", tmp_path / "bad", feedback=FeedbackOptions(uri=str(traces), since="yesterday"))
+
+
+def test_a_runs_feedback_window_overrides_the_config():
+    from modelchain.core.config import compose
+    from modelchain.pipelines.build import settings_json
+
+    settings = json.loads(settings_json(compose("finetune", ["data.feedback.uri=/traces.jsonl", "data.feedback.since=30d",
+                                                  "data.tokens.max_tokens=0"])))
+    assert options_from_settings(settings)["feedback"].since == "30d"
+    weekly = with_feedback_window(settings, "7d", "")
+    assert options_from_settings(weekly)["feedback"].since == "7d"
+    assert options_from_settings(weekly)["feedback"].until is None
+    assert settings["data"]["feedback"]["since"] == "30d"  # the input is left as it was
