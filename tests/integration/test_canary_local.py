@@ -109,7 +109,8 @@ def test_a_healthy_candidate_is_promoted(world):
     assert traffic["ok"] >= 6
     report = __import__("json").loads(Path(result["report"]).read_text())
     assert [s["canary_weight"] for s in report["steps"] if s["outcome"] == "pass"] == [50, 100]
-    assert all(s["canary"]["requests"] > 0 for s in report["steps"])
+    # a window without enough canary requests is analysed again (no_data), never passed
+    assert all(s["canary"]["requests"] > 0 for s in report["steps"] if s["outcome"] == "pass")
     assert report["steps"][-1]["canary"]["p95_latency_s"] is not None  # vLLM's own histograms answered
 
 
