@@ -30,14 +30,13 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelchain.core.io import atomic_dir
 from modelchain.core.models import cpu_threads
 from modelchain.training import checkpoint as ckpt
 from modelchain.training.lora_targets import nemo_to_hf
@@ -182,17 +181,6 @@ def _plot_losses(losses: list[float], path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move a finished directory into place, replacing an older one only at the end."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def default_checkpoint_dir(out_dir: str | os.PathLike) -> Path:
@@ -479,20 +467,13 @@ def _save_checkpoint(world, root, step, model, optimizer, scheduler, keep, state
 
 
 def _write_output(model, losses: list[float], metrics: dict, out: Path, started: float) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         _plot_losses(losses, tmp / "loss_curve.png")
         metrics["total_seconds"] = round(time.perf_counter() - started, 3)
         (tmp / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         for path in tmp.iterdir():
             path.chmod(0o644)  # some writers create private files; the adapter is shared
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---------------------------------------------------------------------------- command line
