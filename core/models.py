@@ -14,8 +14,9 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 # transformers writes one of these; a directory with neither is not a usable model.
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -68,6 +69,12 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def base_model_from_settings(model: Mapping[str, Any]) -> Path:
+    """resolve_base_model() for the `model` group of a composed config (a dict)."""
+    return resolve_base_model(model["name"], path=model["path"], gguf_package=model["gguf_package"],
+                              gguf_file=model["gguf_file"])
 
 
 def resolve_base_model(

@@ -68,11 +68,9 @@ def skip_reason(settings: dict[str, Any], base_model: Optional[Path] = None) -> 
 
 
 def _base_model(settings: dict[str, Any]) -> Path:
-    from modelchain.core.models import resolve_base_model
+    from modelchain.core.models import base_model_from_settings
 
-    model = settings["model"]
-    return resolve_base_model(model["name"], path=model["path"], gguf_package=model["gguf_package"],
-                              gguf_file=model["gguf_file"])
+    return base_model_from_settings(settings["model"])
 
 
 def run(settings: dict[str, Any], model_uri: str, splits_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:

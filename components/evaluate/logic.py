@@ -45,7 +45,7 @@ def run(
     champion: str | None = None,
 ) -> dict:
     """Writes per-example results to `results_path` (JSON) and returns them."""
-    from modelchain.core.models import resolve_base_model
+    from modelchain.core.models import base_model_from_settings
     from modelchain.eval.generation import generate
     from modelchain.eval.metrics import score_examples
     from modelchain.eval.perplexity import answer_nll, perplexity
@@ -58,9 +58,7 @@ def run(
     val_rows = _split(splits_dir, "val")[: ev["max_examples"]]
     prompts = [row["messages"][:-1] for row in rows]
     references = [row["messages"][-1]["content"] for row in rows]
-    base_dir = resolve_base_model(
-        model["name"], path=model["path"], gguf_package=model["gguf_package"], gguf_file=model["gguf_file"]
-    )
+    base_dir = base_model_from_settings(model)
     adapters = {"base": None, "challenger": Path(adapter_dir)}
     champion_dir = resolve_champion(champion, settings)
     if champion_dir is not None:

@@ -45,13 +45,11 @@ def run(
 
 
 def _run_local(settings, splits_dir, adapter_dir, *, max_steps, learning_rate, lora_rank, lora_alpha) -> dict[str, Any]:
-    from modelchain.core.models import resolve_base_model
+    from modelchain.core.models import base_model_from_settings
 
-    model, train = settings["model"], settings["train"]
+    train = settings["train"]
     local = train.get("local", {})
-    base_dir = resolve_base_model(
-        model["name"], path=model["path"], gguf_package=model["gguf_package"], gguf_file=model["gguf_file"]
-    )
+    base_dir = base_model_from_settings(settings["model"])
     train_path = Path(splits_dir) / "train.jsonl"
     options = dict(
         rank=lora_rank,
