@@ -29,11 +29,12 @@ class _File:
         self.sha = hashlib.sha256() if digest else None
         self.count = 0
 
-    def write(self, data: bytes) -> None:
+    def write_lines(self, lines: list[bytes]) -> None:
+        data = b"".join(lines)
         self.handle.write(data)
         if self.sha is not None:
             self.sha.update(data)
-        self.count += 1
+        self.count += len(lines)
 
 
 class SplitWriters:
@@ -45,12 +46,11 @@ class SplitWriters:
         self.sft = {s: _File(out_dir / "nemo_sft" / f"{NEMO_NAMES[s]}.jsonl") for s in SPLITS}
         self.nemo_chat = {s: _File(out_dir / "nemo_chat" / f"{NEMO_NAMES[s]}.jsonl") for s in SPLITS}
 
-    def write(self, split: str, lines: tuple[bytes, bytes, bytes]) -> None:
-        """One row's lines (made by rows.RowStage): chat, NeMo SFT, NeMo chat."""
-        chat, sft, nemo_chat = lines
-        self.chat[split].write(chat + b"\n")
-        self.sft[split].write(sft + b"\n")
-        self.nemo_chat[split].write(nemo_chat + b"\n")
+    def write_many(self, split: str, chat: list[bytes], sft: list[bytes], nemo_chat: list[bytes]) -> None:
+        """Rows of one split, as newline-terminated lines (made by rows.RowStage) in each format."""
+        self.chat[split].write_lines(chat)
+        self.sft[split].write_lines(sft)
+        self.nemo_chat[split].write_lines(nemo_chat)
 
     def close(self) -> dict[str, dict]:
         summary = {}

@@ -127,18 +127,22 @@ def row_to_messages(row: Any, fields: FieldMap, system_prompt: Optional[str], mi
     return out
 
 
-def _point(content_hash: str, seed: int) -> float:
+def split_point(content_hash: str, seed: int) -> float:
+    """A row's place in [0, 1), from its content hash and the seed: where the splits cut."""
     return int(sha256_text(f"{seed}:{content_hash}")[:15], 16) / float(16**15)
 
 
 def split_of(content_hash: str, seed: int, val_fraction: float, test_fraction: float) -> str:
     """Deterministic split from the content hash and seed: stable across runs and machines."""
-    point = _point(content_hash, seed)
-    if point < test_fraction:
-        return "test"
-    if point < test_fraction + val_fraction:
-        return "val"
-    return "train"
+    return SPLITS[int(split_codes([split_point(content_hash, seed)], val_fraction, test_fraction)[0])]
+
+
+def split_codes(points, val_fraction: float, test_fraction: float):
+    """Each split point's split as an index into SPLITS (0 train, 1 val, 2 test)."""
+    import numpy as np
+
+    points = np.asarray(points, dtype=np.float64)
+    return np.where(points < test_fraction, 2, np.where(points < test_fraction + val_fraction, 1, 0)).astype(np.int8)
 
 
 # --------------------------------------------------------------------------- the run
@@ -184,24 +188,29 @@ class _Run:
             self.quarantine_file.write(orjson.dumps(entry) + b"\n")
             if len(self.quarantine_head) < QUARANTINE_IN_CARD:
                 self.quarantine_head.append(entry)
-        keep = np.ones(len(result.hashes), dtype=bool)
+        keep = np.ones(len(result.keys), dtype=bool)
         if self.exact is not None and keep.any():
-            keep &= ~self.exact.check_and_add(np.array([int(h[:16], 16) for h in result.hashes], dtype=np.uint64))
+            keep &= ~self.exact.check_and_add(result.keys)
         self.counts["after_exact"] += int(keep.sum())
         if self.near is not None and keep.any():
             index = np.flatnonzero(keep)
             keep[index[self.near.check_and_add_signatures(result.signatures[index])]] = False
         self.counts["after_near"] += int(keep.sum())
-        o = self.o
-        for i in np.flatnonzero(keep).tolist():
-            content_hash, lines = result.hashes[i], result.lines[i]
-            self.sample.offer(lines[0])
-            if not self.stratified:
-                self.writers.write(split_of(content_hash, o["seed"], o["val_fraction"], o["test_fraction"]), lines)
-                continue
+        kept = np.flatnonzero(keep)
+        chat, sft, nemo_chat = result.chat, result.sft, result.nemo_chat
+        self.sample.offer_many([chat[i] for i in kept.tolist()])
+        if not self.stratified:  # a batch's rows go to each split in one write per file
+            codes = split_codes(result.points[kept], self.o["val_fraction"], self.o["test_fraction"])
+            for code, split in enumerate(SPLITS):
+                rows = kept[codes == code].tolist()
+                if rows:
+                    self.writers.write_many(split, [chat[i] for i in rows], [sft[i] for i in rows],
+                                            [nemo_chat[i] for i in rows])
+            return
+        for i in kept.tolist():
             self.row_strata.append(self.strata.setdefault(result.strata[i], len(self.strata)))
-            self.row_points.append(_point(content_hash, o["seed"]))
-            self.spool.write(b"\n".join(lines) + b"\n")
+            self.spool.write(chat[i] + sft[i] + nemo_chat[i])
+        self.row_points.extend(result.points[kept].tolist())
 
     def stratified_splits(self) -> None:
         """Within each stratum, the rows ordered by hash point are cut at the split fractions."""
@@ -220,8 +229,7 @@ class _Run:
             assignment[ordered[n_test:n_val]] = 1
         with open(self.spool.name, "rb") as spool:
             for split in assignment.tolist():
-                lines = (spool.readline()[:-1], spool.readline()[:-1], spool.readline()[:-1])
-                self.writers.write(SPLITS[split], lines)
+                self.writers.write_many(SPLITS[split], [spool.readline()], [spool.readline()], [spool.readline()])
         self.strata_counts = {name: int((strata == s).sum()) for name, s in self.strata.items()}
 
     def close(self) -> None:

@@ -64,21 +64,23 @@ def _keep_name(placeholder: str) -> Callable[[re.Match], str]:
     return lambda m: m.group(1) + placeholder
 
 
-# Text rules: (kind, guard: lower-cased substrings of which one must occur, pattern, replacement).
+# Text rules: (kind, guard: substrings of which one must occur, pattern, replacement). Guards
+# are matched as written, since the patterns are case-sensitive, except for the kinds in
+# _CASELESS, whose patterns are not and whose guards are matched in the lower-cased text.
 _TEXT_RULES: list[tuple[str, tuple[str, ...], re.Pattern, object]] = [
-    ("private_key", ("-----begin",),
+    ("private_key", ("-----BEGIN",),
      re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S), "[PRIVATE_KEY]"),
-    ("aws_access_key", ("akia", "asia"), re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), "[AWS_ACCESS_KEY]"),
+    ("aws_access_key", ("AKIA", "ASIA"), re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), "[AWS_ACCESS_KEY]"),
     ("aws_secret_key", ("secret",),
      re.compile(r"(?i)(aws_?secret_?(?:access_?)?key[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])"),
      _keep_name("[AWS_SECRET_KEY]")),
     ("bearer_token", ("bearer",), re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9\-._~+/]{8,}=*"), _keep_name("[TOKEN]")),
-    ("api_key", ("sk-", "aiza"),
+    ("api_key", ("sk-", "AIza"),
      re.compile(r"\bsk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_\-]{16,}|\bAIza[0-9A-Za-z_\-]{35}"), "[API_KEY]"),
     ("github_token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
      re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b|\bgithub_pat_[A-Za-z0-9_]{22,}"), "[GITHUB_TOKEN]"),
     ("slack_token", ("xox",), re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), "[SLACK_TOKEN]"),
-    ("jwt", ("eyj",), re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"), "[JWT]"),
+    ("jwt", ("eyJ",), re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"), "[JWT]"),
     ("secret", ("password", "passwd", "pwd", "secret", "token", "api_key", "api-key", "apikey", "access_key"),
      re.compile(r"(?i)(\b(?:api[_\-]?key|access[_\-]?key|secret(?:[_\-]?key)?|token|password|passwd|pwd)"
                 r"[\"']?\s*[:=]\s*[\"']?)(?![\[<])[^\s\"',;]{8,}"), _keep_name("[SECRET]")),
@@ -98,10 +100,12 @@ _NUMBER_RULES: list[tuple[str, re.Pattern, object]] = [
      _phone),
 ]
 _DIGITS = "0123456789"
-# Characters a rule's matches cannot do without (one of them): checked before its guard words.
-# "password" in prose is not a secret; "password: ..." or "password=..." may be.
-_NEEDS = {"private_key": "-", "github_token": "_", "aws_secret_key": ":=", "secret": ":=",
-          "slack_token": "-", "jwt": ".", "bearer_token": " "}
+_CASELESS = {"aws_secret_key", "bearer_token", "secret"}
+# Characters a rule's matches cannot do without (one of them), found with memchr: checked
+# before its guard words, which cost a scan of the text each. "password" in prose is not a
+# secret; "password: ..." or "password=..." may be. Most prose has none of "-_:=@J".
+_NEEDS = {"private_key": "-", "aws_access_key": "A", "aws_secret_key": ":=", "api_key": "-A",
+          "github_token": "_", "slack_token": "-", "jwt": "J", "secret": ":="}
 
 
 class Scrubber:
@@ -113,6 +117,7 @@ class Scrubber:
         if unknown:
             raise ValueError(f"unknown PII kinds {sorted(unknown)}; choose from {list(KINDS)}")
         self.text_rules = [rule for rule in _TEXT_RULES if rule[0] in wanted]
+        self._gated = [(rule, tuple(_NEEDS.get(rule[0], "")), rule[0] in _CASELESS) for rule in self.text_rules]
         self.number_rules = [rule for rule in _NUMBER_RULES if rule[0] in wanted]
         self.counts: Counter = Counter()
         self.last_found = 0
@@ -123,19 +128,17 @@ class Scrubber:
 
     def rules_for(self, text: str) -> tuple[list, bool]:
         """The text rules whose guards occur in `text`, and whether number rules may apply."""
-        lower = text.lower()
-        present: dict[str, bool] = {}  # single characters: found with memchr, much cheaper than words
+        lower = None
         rules = []
-        for rule in self.text_rules:
-            needs = _NEEDS.get(rule[0])
-            if needs is not None:
-                if needs not in present:
-                    present[needs] = any(ch in lower for ch in needs)
-                if not present[needs]:
-                    continue
+        for rule, needs, caseless in self._gated:
+            if needs and not any(ch in text for ch in needs):
+                continue
+            if caseless and lower is None:
+                lower = text.lower()
+            where = lower if caseless else text
             for guard in rule[1]:
-                if guard in lower:
-                    if rule[0] == "ip" and lower.count(":") < 2:
+                if guard in where:
+                    if rule[0] == "ip" and text.count(":") < 2:
                         break
                     rules.append(rule)
                     break

@@ -46,9 +46,15 @@ class BatchResult:
     counts: Counter = field(default_factory=Counter)
     pii: Counter = field(default_factory=Counter)
     quarantine: list[dict] = field(default_factory=list)
-    hashes: list[str] = field(default_factory=list)  # content sha256 of each row that passed
+    # For each row that passed: its exact-dedup key (the first 64 bits of its content sha256),
+    # its split point (logic.split_point), its stratum, and its newline-terminated line in
+    # each format (chat, NeMo SFT, NeMo chat).
+    keys: Any = None  # uint64 array
+    points: Any = None  # float64 array
     strata: list[str] = field(default_factory=list)
-    lines: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)  # chat, NeMo SFT, NeMo chat
+    chat: list[bytes] = field(default_factory=list)
+    sft: list[bytes] = field(default_factory=list)
+    nemo_chat: list[bytes] = field(default_factory=list)
     signatures: Any = None  # (rows, num_perm) uint32 when near dedup is on
     pid: int = 0
     peak_pss_kb: int = 0  # this worker's largest proportional set size so far
@@ -97,7 +103,9 @@ class RowStage:
             self.render_prompt = lambda m: self.renderer.render(m, generation_prompt=True)
 
     def __call__(self, batch: Batch, from_traces: bool = False) -> BatchResult:
-        from modelchain.components.data_prep.logic import FieldMap, row_to_messages
+        import numpy as np
+
+        from modelchain.components.data_prep.logic import FieldMap, row_to_messages, split_point
 
         cfg, out = self.cfg, BatchResult()
         fields = FieldMap(messages="messages") if from_traces else cfg.fields
@@ -145,13 +153,18 @@ class RowStage:
                 out.counts[key] = now - then
             rows = [(m, s) for m, (_, s) in zip(fitted, rows) if m is not None]
         out.counts["after_tokens"] = len(rows)
+        keys, points = [], []
+        newline, seed = orjson.OPT_APPEND_NEWLINE, cfg.seed
         for messages, stratum in rows:
             content_hash = hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).hexdigest()
-            out.hashes.append(content_hash)
+            keys.append(int(content_hash[:16], 16))
+            points.append(split_point(content_hash, seed))
             out.strata.append(stratum)
-            chat = orjson.dumps({"messages": messages, "id": content_hash[:16]})
-            sft = orjson.dumps({"input": self.render_prompt(messages[:-1]), "output": messages[-1]["content"]})
-            out.lines.append((chat, sft, orjson.dumps(nemo_chat_row(messages))))
+            out.chat.append(orjson.dumps({"messages": messages, "id": content_hash[:16]}, option=newline))
+            out.sft.append(orjson.dumps({"input": self.render_prompt(messages[:-1]), "output": messages[-1]["content"]},
+                                        option=newline))
+            out.nemo_chat.append(orjson.dumps(nemo_chat_row(messages), option=newline))
+        out.keys, out.points = np.array(keys, dtype=np.uint64), np.array(points, dtype=np.float64)
         if self.hasher is not None:
             out.signatures = self.hasher.signatures(
                 ["\n".join(m["content"] for m in messages if m["role"] != "system") for messages, _ in rows])

@@ -42,13 +42,25 @@ class Reservoir:
         self._rng = random.Random(seed)
 
     def offer(self, item) -> None:
-        self.seen += 1
-        if len(self.items) < self.size:
-            self.items.append(item)
-        else:
-            j = self._rng.randrange(self.seen)
-            if j < self.size:
-                self.items[j] = item
+        self.offer_many((item,))
+
+    def offer_many(self, items) -> None:
+        size, sample, seen = self.size, self.items, self.seen
+        getrandbits = self._rng.getrandbits
+        for item in items:
+            seen += 1
+            if len(sample) < size:
+                sample.append(item)
+                continue
+            # random.randrange(seen) as CPython draws it (_randbelow_with_getrandbits), inlined:
+            # the same sample for a seed, without two Python calls a row
+            bits = seen.bit_length()
+            j = getrandbits(bits)
+            while j >= seen:
+                j = getrandbits(bits)
+            if j < size:
+                sample[j] = item
+        self.seen = seen
 
 
 class ChatRenderer:

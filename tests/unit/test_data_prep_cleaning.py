@@ -69,7 +69,7 @@ def _mixed_sample(n=600, seed=3):
     rng = random.Random(seed)
     extras = ["", " Caf\u00e9 \u200bzero-width", " \uff21 full width", " line\r\nbreak\x07bell",
               " password policy", " Note: a colon", " a:b:c not an ip", " ask-me", " 42 apples",
-              " x@y", " bearer of news", " 2001:db8::1", " sk-short", " -----begin nothing",
+              " x@y", " bearer of news", " BeArEr\tabcdefgh12345", " AKIA tooshort", " Auth: eyJ only", " 2001:db8::1", " sk-short", " -----begin nothing",
               " ghp_tooshort", " api_key = abcdefgh12345678", " eyJhbGciOi.eyJzdWIiOi.abcdefghijk"]
     texts = []
     for _ in range(n):
