@@ -131,8 +131,12 @@ class Scrubber:
         lower = None
         rules = []
         for rule, needs, caseless in self._gated:
-            if needs and not any(ch in text for ch in needs):
-                continue
+            if needs:
+                for ch in needs:
+                    if ch in text:
+                        break
+                else:
+                    continue
             if caseless and lower is None:
                 lower = text.lower()
             where = lower if caseless else text
@@ -142,7 +146,12 @@ class Scrubber:
                         break
                     rules.append(rule)
                     break
-        numbers = bool(self.number_rules) and any(d in text for d in _DIGITS)
+        numbers = False
+        if self.number_rules:
+            for digit in _DIGITS:
+                if digit in text:
+                    numbers = True
+                    break
         return rules, numbers
 
     def scrub_many(self, texts: list[str]) -> tuple[list[str], int]:

@@ -110,8 +110,8 @@ class RowStage:
         cfg, out = self.cfg, BatchResult()
         fields = FieldMap(messages="messages") if from_traces else cfg.fields
         rows: list[tuple[list[dict], str]] = []
+        out.counts["rows_in"] = len(batch.items)
         for number, item in zip(batch.numbers, batch.items):
-            out.counts["rows_in"] += 1
             if isinstance(item, bytes):
                 try:
                     item = orjson.loads(item)

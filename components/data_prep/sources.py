@@ -340,29 +340,30 @@ def _jsonl_batches(uri: str, stream: BinaryIO, batch_rows: int) -> Iterator[Batc
     """Raw lines with their 1-based line numbers; blank lines are skipped but counted."""
     line_no = 0
     rest = b""
-    batch = Batch(uri, "line")
+    items: list[bytes] = []
+    numbers: list[int] = []
     first = True
     while True:
         chunk = stream.read(READ_CHUNK)
-        if not chunk:
-            break
-        if first:
+        if chunk and first:
             chunk, first = chunk.removeprefix(b"\xef\xbb\xbf"), False
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            line_no += 1
-            if line.strip():
-                batch.numbers.append(line_no)
-                batch.items.append(line)
-                if len(batch.items) >= batch_rows:
-                    yield batch
-                    batch = Batch(uri, "line")
-    if rest.strip():
-        batch.numbers.append(line_no + 1)
-        batch.items.append(rest)
-    if batch.items:
-        yield batch
+        if chunk:
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+        else:  # the end: a last line without a newline
+            lines, rest = [rest], b""
+        kept = [line for line in lines if line.strip()]
+        if len(kept) == len(lines):  # the usual case: no blank line in this chunk
+            numbers.extend(range(line_no + 1, line_no + len(lines) + 1))
+        else:
+            numbers.extend(line_no + 1 + i for i, line in enumerate(lines) if line.strip())
+        items.extend(kept)
+        line_no += len(lines)
+        while len(items) >= batch_rows or (not chunk and items):
+            yield Batch(uri, "line", numbers[:batch_rows], items[:batch_rows])
+            del numbers[:batch_rows], items[:batch_rows]
+        if not chunk:
+            return
 
 
 def _parquet_batches(uri: str, stream: BinaryIO, batch_rows: int) -> Iterator[Batch]:
