@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import orjson
 
-from modelchain.components.data_prep.rows import PSS_EVERY, pss_kb
+from modelchain.components.data_prep.rows import PssSampler, pss_kb
 from modelchain.components.data_prep.sources import Batch, DataError, expand, read_batches
 from modelchain.core.io import atomic_dir, atomic_write_json, atomic_write_text, sha256_text
 
@@ -171,8 +171,7 @@ class _Run:
         self.row_strata: list[int] = []
         self.row_points: list[float] = []
         self.worker_pss_kb: dict[int, int] = {}
-        self.main_pss_kb = 0
-        self.batches = 0
+        self.main_pss = PssSampler()
 
     def consume(self, result) -> None:
         """One batch's results, in input order: quarantine, dedup, then each kept row to its split."""
@@ -181,9 +180,7 @@ class _Run:
         self.counts.update(result.counts)
         self.pii.update(result.pii)
         self.worker_pss_kb[result.pid] = max(self.worker_pss_kb.get(result.pid, 0), result.peak_pss_kb)
-        self.batches += 1
-        if self.batches % PSS_EVERY == 0:  # the main process's memory only grows: the end is read too
-            self.main_pss_kb = max(self.main_pss_kb, pss_kb())
+        self.main_pss.sample()  # the main process's memory only grows: the end is read too
         for entry in result.quarantine:
             self.quarantine_file.write(orjson.dumps(entry) + b"\n")
             if len(self.quarantine_head) < QUARANTINE_IN_CARD:
@@ -356,7 +353,7 @@ def prepare(
             if bar is not None:
                 bar.stop()
     stats = {"worker_peak_pss_mb": {pid: kb / 1024 for pid, kb in run.worker_pss_kb.items() if pid != os.getpid()},
-             "main_peak_pss_mb": max(run.main_pss_kb, pss_kb()) / 1024}
+             "main_peak_pss_mb": max(run.main_pss.peak_kb, pss_kb()) / 1024}
     return PrepResult(out_dir, card, {name: out_dir / f"{name}.jsonl" for name in SPLITS}, stats)
 
 

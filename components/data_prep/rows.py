@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import orjson
 from modelchain.components.data_prep.sources import BadItem, Batch
 
 _NEMO_ROLES = {"user": "User", "assistant": "Assistant"}
-PSS_EVERY = 4  # batches between two reads of a process's PSS
+PSS_EVERY = 4  # the first batches, then every this many, read a worker's PSS (see PssSampler)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class RowStage:
             self.renderer = ChatRenderer(tokenizer)
             if cfg.tokens.max_tokens > 0:
                 self.budget = TokenBudget(tokenizer, cfg.tokens.max_tokens, cfg.tokens.action)
+        self.pss = PssSampler()
         self.hasher = None
         if cfg.dedup.near:
             from modelchain.components.data_prep.cleaning import MinHasher
@@ -169,12 +171,7 @@ class RowStage:
             out.signatures = self.hasher.signatures(
                 ["\n".join(m["content"] for m in messages if m["role"] != "system") for messages, _ in rows])
         out.pid = os.getpid()
-        # Reading smaps_rollup walks the page tables (milliseconds): every few batches is
-        # enough for a worker whose memory is flat after its first batches.
-        self.batches = getattr(self, "batches", 0) + 1
-        if self.batches <= PSS_EVERY or self.batches % PSS_EVERY == 0:
-            self.peak_pss_kb = max(getattr(self, "peak_pss_kb", 0), pss_kb())
-        out.peak_pss_kb = self.peak_pss_kb
+        out.peak_pss_kb = self.pss.sample()
         return out
 
     def _long_enough(self, messages: list[dict], counts: Counter) -> bool:
@@ -183,6 +180,23 @@ class RowStage:
             counts["too_short"] += 1
             return False
         return True
+
+
+class PssSampler:
+    """A process's peak PSS, read on the first calls and then at most once a second: reading
+    smaps_rollup walks the page tables (over 10 ms for a process with torch-sized mappings),
+    and the memory of a data prep process is flat, or only grows, after its first batches."""
+
+    def __init__(self, interval_s: float = 1.0):
+        self.interval_s, self.calls, self.next_at, self.peak_kb = interval_s, 0, 0.0, 0
+
+    def sample(self) -> int:
+        self.calls += 1
+        now = time.monotonic()
+        if self.calls <= PSS_EVERY or now >= self.next_at:
+            self.peak_kb = max(self.peak_kb, pss_kb())
+            self.next_at = now + self.interval_s
+        return self.peak_kb
 
 
 def pss_kb() -> int:

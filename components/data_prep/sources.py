@@ -352,11 +352,12 @@ def _jsonl_batches(uri: str, stream: BinaryIO, batch_rows: int) -> Iterator[Batc
             rest = lines.pop()
         else:  # the end: a last line without a newline
             lines, rest = [rest], b""
-        kept = [line for line in lines if line.strip()]
+        # `isspace()` stops at the first other byte; `strip()` would copy every line
+        kept = [line for line in lines if line and not line.isspace()]
         if len(kept) == len(lines):  # the usual case: no blank line in this chunk
             numbers.extend(range(line_no + 1, line_no + len(lines) + 1))
         else:
-            numbers.extend(line_no + 1 + i for i, line in enumerate(lines) if line.strip())
+            numbers.extend(line_no + 1 + i for i, line in enumerate(lines) if line and not line.isspace())
         items.extend(kept)
         line_no += len(lines)
         while len(items) >= batch_rows or (not chunk and items):
