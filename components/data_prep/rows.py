@@ -24,7 +24,7 @@ import orjson
 from modelchain.components.data_prep.sources import BadItem, Batch
 
 _NEMO_ROLES = {"user": "User", "assistant": "Assistant"}
-PSS_EVERY = 4  # the first batches, then every this many, read a worker's PSS (see PssSampler)
+_PSS_FIRST_READS = 4  # calls of PssSampler.sample() that always read (the memory grows most at first)
 
 
 @dataclass
@@ -184,7 +184,7 @@ class RowStage:
 
 class PssSampler:
     """A process's peak PSS, read on the first calls and then at most once a second: reading
-    smaps_rollup walks the page tables (over 10 ms for a process with torch-sized mappings),
+    smaps_rollup walks the page tables (over 10 ms in the main process of a large run),
     and the memory of a data prep process is flat, or only grows, after its first batches."""
 
     def __init__(self, interval_s: float = 1.0):
@@ -193,7 +193,7 @@ class PssSampler:
     def sample(self) -> int:
         self.calls += 1
         now = time.monotonic()
-        if self.calls <= PSS_EVERY or now >= self.next_at:
+        if self.calls <= _PSS_FIRST_READS or now >= self.next_at:
             self.peak_kb = max(self.peak_kb, pss_kb())
             self.next_at = now + self.interval_s
         return self.peak_kb
