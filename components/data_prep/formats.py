@@ -29,12 +29,12 @@ class _File:
         self.sha = hashlib.sha256() if digest else None
         self.count = 0
 
-    def write_lines(self, lines: list[bytes]) -> None:
-        data = b"".join(lines)
+    def write_lines(self, data: bytes, count: int) -> None:
+        """`count` newline-terminated lines."""
         self.handle.write(data)
         if self.sha is not None:
             self.sha.update(data)
-        self.count += len(lines)
+        self.count += count
 
 
 class SplitWriters:
@@ -46,11 +46,11 @@ class SplitWriters:
         self.sft = {s: _File(out_dir / "nemo_sft" / f"{NEMO_NAMES[s]}.jsonl") for s in SPLITS}
         self.nemo_chat = {s: _File(out_dir / "nemo_chat" / f"{NEMO_NAMES[s]}.jsonl") for s in SPLITS}
 
-    def write_many(self, split: str, chat: list[bytes], sft: list[bytes], nemo_chat: list[bytes]) -> None:
-        """Rows of one split, as newline-terminated lines (made by rows.RowStage) in each format."""
-        self.chat[split].write_lines(chat)
-        self.sft[split].write_lines(sft)
-        self.nemo_chat[split].write_lines(nemo_chat)
+    def write_many(self, split: str, count: int, chat: bytes, sft: bytes, nemo_chat: bytes) -> None:
+        """`count` rows of one split, as newline-terminated lines (made by rows.RowStage) in each format."""
+        self.chat[split].write_lines(chat, count)
+        self.sft[split].write_lines(sft, count)
+        self.nemo_chat[split].write_lines(nemo_chat, count)
 
     def close(self) -> dict[str, dict]:
         summary = {}

@@ -166,7 +166,9 @@ class _Run:
         self.sample = Reservoir(opts["tokens"].sample_rows, opts["seed"])
         self.stratified = bool(opts["stratify_by"])
         self.writers = SplitWriters(out)
-        self.spool = open(work / "rows.jsonl", "wb") if self.stratified else None
+        # stratified splits need every row first: each format's lines wait in a spool file
+        self.spools = [open(work / f"rows-{name}.jsonl", "wb") for name in ("chat", "sft", "nemo_chat")
+                       ] if self.stratified else []
         self.strata: dict[str, int] = {}
         self.row_strata: list[int] = []
         self.row_points: list[float] = []
@@ -194,26 +196,27 @@ class _Run:
             keep[index[self.near.check_and_add_signatures(result.signatures[index])]] = False
         self.counts["after_near"] += int(keep.sum())
         kept = np.flatnonzero(keep)
-        chat, sft, nemo_chat = result.chat, result.sft, result.nemo_chat
-        self.sample.offer_many([chat[i] for i in kept.tolist()])
+        formats = (result.chat, result.sft, result.nemo_chat)
+        self.sample.offer_many(_KeptLines(result.chat, kept))
         if not self.stratified:  # a batch's rows go to each split in one write per file
-            codes = split_codes(result.points[kept], self.o["val_fraction"], self.o["test_fraction"])
+            codes = result.codes[kept]
             for code, split in enumerate(SPLITS):
-                rows = kept[codes == code].tolist()
-                if rows:
-                    self.writers.write_many(split, [chat[i] for i in rows], [sft[i] for i in rows],
-                                            [nemo_chat[i] for i in rows])
+                rows = kept[codes == code]
+                if len(rows):
+                    self.writers.write_many(split, len(rows), *(lines.take(rows) for lines in formats))
             return
         for i in kept.tolist():
             self.row_strata.append(self.strata.setdefault(result.strata[i], len(self.strata)))
-            self.spool.write(chat[i] + sft[i] + nemo_chat[i])
         self.row_points.extend(result.points[kept].tolist())
+        for spool, lines in zip(self.spools, formats):
+            spool.write(lines.take(kept))
 
     def stratified_splits(self) -> None:
         """Within each stratum, the rows ordered by hash point are cut at the split fractions."""
         import numpy as np
 
-        self.spool.close()
+        for spool in self.spools:
+            spool.close()
         strata = np.array(self.row_strata, dtype=np.int32)
         points = np.array(self.row_points, dtype=np.float64)
         assignment = np.zeros(len(strata), dtype=np.int8)  # 0 train, 1 val, 2 test
@@ -224,17 +227,34 @@ class _Run:
             n_test, n_val = round(len(ordered) * test_f), round(len(ordered) * (test_f + val_f))
             assignment[ordered[:n_test]] = 2
             assignment[ordered[n_test:n_val]] = 1
-        with open(self.spool.name, "rb") as spool:
+        spools = [open(spool.name, "rb") for spool in self.spools]
+        try:
             for split in assignment.tolist():
-                self.writers.write_many(SPLITS[split], [spool.readline()], [spool.readline()], [spool.readline()])
+                self.writers.write_many(SPLITS[split], 1, *(spool.readline() for spool in spools))
+        finally:
+            for spool in spools:
+                spool.close()
         self.strata_counts = {name: int((strata == s).sum()) for name, s in self.strata.items()}
 
     def close(self) -> None:
         self.quarantine_file.close()
         if self.near is not None:
             self.near.close()
-        if self.spool is not None and not self.spool.closed:
-            self.spool.close()
+        for spool in self.spools:
+            spool.close()
+
+
+class _KeptLines:
+    """The chat lines of a batch's kept rows as a sequence, sliced only when the sample takes one."""
+
+    def __init__(self, lines, kept):
+        self.lines, self.kept = lines, kept
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.lines.line(self.kept[i])
 
 
 def _progress(enabled: bool):
@@ -292,7 +312,8 @@ def prepare(
 
         permutations = datasketch_permutations(opts["dedup"].num_perm)
     stage = StageConfig(fields or FieldMap(), system_prompt, normalization, stratify_by, min_prompt_chars,
-                        min_response_chars, seed, opts["pii"], opts["tokens"], opts["dedup"], permutations)
+                        min_response_chars, seed, opts["pii"], opts["tokens"], opts["dedup"], permutations,
+                        val_fraction, test_fraction)
     if stage.pii.enabled:
         from modelchain.components.data_prep.pii import Scrubber
 

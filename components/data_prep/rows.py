@@ -40,6 +40,47 @@ class StageConfig:
     tokens: Any  # logic.TokenOptions
     dedup: Any  # logic.DedupOptions
     permutations: Any = None  # MinHash (a, b) from cleaning.datasketch_permutations
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+
+class Lines:
+    """One output format's newline-terminated lines for a batch's rows, as one bytes object.
+
+    The lines are stored grouped by split (input order within a split), so the rows of a
+    split that survive dedup are mostly adjacent: the main process writes them as a few
+    slices, and a batch crosses between processes as three objects instead of thousands.
+    """
+
+    def __init__(self, lines: list[bytes], codes):
+        import numpy as np
+
+        order = np.argsort(codes, kind="stable")
+        lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+        ends = np.cumsum(lengths[order])
+        self.data = b"".join([lines[i] for i in order.tolist()])
+        self.starts = np.empty(len(lines), dtype=np.int64)
+        self.ends = np.empty(len(lines), dtype=np.int64)
+        self.starts[order], self.ends[order] = ends - lengths[order], ends
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def line(self, row: int) -> bytes:
+        return self.data[self.starts[row]:self.ends[row]]
+
+    def take(self, rows) -> bytes:
+        """The lines of `rows` (input positions, ascending), concatenated."""
+        import numpy as np
+
+        if not len(rows):
+            return b""
+        starts, ends = self.starts[rows], self.ends[rows]
+        cuts = np.flatnonzero(starts[1:] != ends[:-1]) + 1  # where the next row is not adjacent
+        run_starts = starts[np.concatenate([[0], cuts])].tolist()
+        run_ends = ends[np.concatenate([cuts - 1, [len(rows) - 1]])].tolist()
+        view = memoryview(self.data)
+        return b"".join([view[a:b] for a, b in zip(run_starts, run_ends)])
 
 
 @dataclass
@@ -48,14 +89,16 @@ class BatchResult:
     pii: Counter = field(default_factory=Counter)
     quarantine: list[dict] = field(default_factory=list)
     # For each row that passed: its exact-dedup key (the first 64 bits of its content sha256),
-    # its split point (logic.split_point), its stratum, and its newline-terminated line in
-    # each format (chat, NeMo SFT, NeMo chat).
+    # its split point (logic.split_point) and split (an index into logic.SPLITS; 0 when the
+    # splits are stratified, which needs all rows first), its stratum, and its line in each
+    # format (chat, NeMo SFT, NeMo chat).
     keys: Any = None  # uint64 array
     points: Any = None  # float64 array
+    codes: Any = None  # int8 array
     strata: list[str] = field(default_factory=list)
-    chat: list[bytes] = field(default_factory=list)
-    sft: list[bytes] = field(default_factory=list)
-    nemo_chat: list[bytes] = field(default_factory=list)
+    chat: Optional[Lines] = None
+    sft: Optional[Lines] = None
+    nemo_chat: Optional[Lines] = None
     signatures: Any = None  # (rows, num_perm) uint32 when near dedup is on
     pid: int = 0
     peak_pss_kb: int = 0  # this worker's largest proportional set size so far
@@ -107,7 +150,7 @@ class RowStage:
     def __call__(self, batch: Batch, from_traces: bool = False) -> BatchResult:
         import numpy as np
 
-        from modelchain.components.data_prep.logic import FieldMap, row_to_messages, split_point
+        from modelchain.components.data_prep.logic import FieldMap, row_to_messages, split_codes, split_point
 
         cfg, out = self.cfg, BatchResult()
         fields = FieldMap(messages="messages") if from_traces else cfg.fields
@@ -155,18 +198,21 @@ class RowStage:
                 out.counts[key] = now - then
             rows = [(m, s) for m, (_, s) in zip(fitted, rows) if m is not None]
         out.counts["after_tokens"] = len(rows)
-        keys, points = [], []
+        keys, points, chat, sft, nemo_chat = [], [], [], [], []
         newline, seed = orjson.OPT_APPEND_NEWLINE, cfg.seed
         for messages, stratum in rows:
             content_hash = hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).hexdigest()
             keys.append(int(content_hash[:16], 16))
             points.append(split_point(content_hash, seed))
             out.strata.append(stratum)
-            out.chat.append(orjson.dumps({"messages": messages, "id": content_hash[:16]}, option=newline))
-            out.sft.append(orjson.dumps({"input": self.render_prompt(messages[:-1]), "output": messages[-1]["content"]},
-                                        option=newline))
-            out.nemo_chat.append(orjson.dumps(nemo_chat_row(messages), option=newline))
+            chat.append(orjson.dumps({"messages": messages, "id": content_hash[:16]}, option=newline))
+            sft.append(orjson.dumps({"input": self.render_prompt(messages[:-1]), "output": messages[-1]["content"]},
+                                    option=newline))
+            nemo_chat.append(orjson.dumps(nemo_chat_row(messages), option=newline))
         out.keys, out.points = np.array(keys, dtype=np.uint64), np.array(points, dtype=np.float64)
+        out.codes = (np.zeros(len(rows), dtype=np.int8) if cfg.stratify_by
+                     else split_codes(out.points, cfg.val_fraction, cfg.test_fraction))
+        out.chat, out.sft, out.nemo_chat = Lines(chat, out.codes), Lines(sft, out.codes), Lines(nemo_chat, out.codes)
         if self.hasher is not None:
             out.signatures = self.hasher.signatures(
                 ["\n".join(m["content"] for m in messages if m["role"] != "system") for messages, _ in rows])
@@ -183,11 +229,11 @@ class RowStage:
 
 
 class PssSampler:
-    """A process's peak PSS, read on the first calls and then at most once a second: reading
-    smaps_rollup walks the page tables (over 10 ms in the main process of a large run),
+    """A process's peak PSS, read on the first calls and then at most every `interval_s`:
+    reading smaps_rollup walks the page tables (35 ms in the main process of a large run),
     and the memory of a data prep process is flat, or only grows, after its first batches."""
 
-    def __init__(self, interval_s: float = 1.0):
+    def __init__(self, interval_s: float = 5.0):
         self.interval_s, self.calls, self.next_at, self.peak_kb = interval_s, 0, 0.0, 0
 
     def sample(self) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 _MARK = "\x00\x01{}\x01\x00"
 _CHECK_ROWS = 256  # rows counted exactly to check the bytes bound
@@ -44,13 +44,14 @@ class Reservoir:
     def offer(self, item) -> None:
         self.offer_many((item,))
 
-    def offer_many(self, items) -> None:
+    def offer_many(self, items: Sequence) -> None:
+        """Offer each of `items` in turn; an item is only read if the sample takes it."""
         size, sample, seen = self.size, self.items, self.seen
         getrandbits = self._rng.getrandbits
-        for item in items:
+        for k in range(len(items)):
             seen += 1
             if len(sample) < size:
-                sample.append(item)
+                sample.append(items[k])
                 continue
             # random.randrange(seen) as CPython draws it (_randbelow_with_getrandbits), inlined:
             # the same sample for a seed, without two Python calls a row
@@ -59,7 +60,7 @@ class Reservoir:
             while j >= seen:
                 j = getrandbits(bits)
             if j < size:
-                sample[j] = item
+                sample[j] = items[k]
         self.seen = seen
 
 

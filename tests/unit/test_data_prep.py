@@ -227,3 +227,41 @@ def test_worker_processes_give_the_same_output(tmp_path):
     for name in ("train.jsonl", "nemo_sft/training.jsonl", "quarantine.jsonl"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert len(two.stats["worker_peak_pss_mb"]) >= 1 and two.stats["main_peak_pss_mb"] > 0
+
+
+def test_a_batch_of_lines_gives_back_any_rows_in_order():
+    """Rows cross from the workers as one bytes object per format, grouped by split; taking
+    any ascending set of rows gives exactly their lines, whatever the grouping."""
+    import random
+
+    import numpy as np
+
+    from modelchain.components.data_prep.rows import Lines
+
+    rng = random.Random(0)
+    lines = [f'{{"row": {i}, "text": "{"x" * rng.randint(0, 30)}"}}\n'.encode() for i in range(300)]
+    codes = np.array([rng.choice([0, 0, 0, 1, 2]) for _ in lines], dtype=np.int8)
+    block = Lines(lines, codes)
+    assert len(block) == 300 and [block.line(i) for i in range(300)] == lines
+    for _ in range(50):
+        rows = np.array(sorted(rng.sample(range(300), rng.randint(0, 300))), dtype=np.int64)
+        for code in range(3):
+            picked = rows[codes[rows] == code]
+            assert block.take(picked) == b"".join(lines[i] for i in picked.tolist())
+
+
+def test_the_reservoir_draws_what_random_randrange_draws():
+    """The inlined draw keeps the sample (and so the card's histogram) of a seed unchanged."""
+    import random
+
+    from modelchain.components.data_prep.tokens import Reservoir
+
+    reservoir, rng, expected = Reservoir(10, seed=7), random.Random(7), []
+    for seen, item in enumerate(range(5000), start=1):  # Algorithm R with random.randrange
+        if len(expected) < 10:
+            expected.append(item)
+        elif (j := rng.randrange(seen)) < 10:
+            expected[j] = item
+    for start in range(0, 5000, 700):
+        reservoir.offer_many(range(start, min(start + 700, 5000)))
+    assert reservoir.items == expected and reservoir.seen == 5000
