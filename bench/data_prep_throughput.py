@@ -16,7 +16,9 @@ on it, each in its own subprocess so its peak RSS is its own:
   small machine pandas fails here rather than the kernel's OOM killer picking a victim.
 
 Prints rows/s of both sides, the ratio (target >= 1.0) and each side's peak RSS (target for
-modelchain: under 1 GB on the 2 GB file).
+modelchain: under 1 GB on the 2 GB file), and for modelchain the CPU seconds of its main
+process and of its workers. With `--repeats N` the sides alternate N times and the medians
+are reported: the ratio is the median of the N side-by-side ratios.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,14 +111,14 @@ def generate(path: Path, size_bytes: int, seed: int = 0) -> int:
 
 
 MODELCHAIN_SIDE = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 from modelchain.components.data_prep.logic import prepare, options_from_settings
 from modelchain.core.config import compose, to_container
 settings = to_container(compose("finetune", ["data=chat_jsonl", "data.fields.messages=null",
                                              "data.fields.prompt=prompt", "data.fields.response=response"]))
-start = time.perf_counter()
+start, cpu = time.perf_counter(), os.times()
 result = prepare(sys.argv[1], sys.argv[2], **options_from_settings(settings))
-elapsed = time.perf_counter() - start
+elapsed, cpu_end = time.perf_counter() - start, os.times()
 main_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 workers = result.stats["worker_peak_pss_mb"]
 # The workers are forked: their RSS counts pages they share with the main process. Each
@@ -124,7 +127,10 @@ workers = result.stats["worker_peak_pss_mb"]
 # counted by its peak RSS, which includes its share of everything.
 print(json.dumps({"seconds": elapsed, "rows_in": result.card["rows_in"], "rows_out": result.card["rows_out"],
                   "peak_rss_mb": main_rss + sum(workers.values()), "main_rss_mb": main_rss,
-                  "worker_rss_mb": sorted(workers.values())}))
+                  "worker_rss_mb": sorted(workers.values()),
+                  "main_cpu_s": cpu_end.user + cpu_end.system - cpu.user - cpu.system,
+                  "workers_cpu_s": cpu_end.children_user + cpu_end.children_system - cpu.children_user
+                  - cpu.children_system}))
 """
 
 PANDAS_SIDE = """
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mb", type=int, default=2048, help="size of the generated JSONL (default 2048)")
     parser.add_argument("--workdir", help="where to put the file and outputs (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the generated file and outputs")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the two sides this many times (default 1)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -194,27 +201,39 @@ def main(argv: list[str] | None = None) -> int:
             lines = generate(source, args.size_mb * MB)
             print(f"generated {source} ({source.stat().st_size / MB:.0f} MB, {lines} lines) "
                   f"in {time.perf_counter() - start:.0f} s", flush=True)
-        results = {}
-        for name, code in (("modelchain", MODELCHAIN_SIDE), ("pandas", PANDAS_SIDE)):
-            try:
-                results[name] = r = run_side(code, source, work / f"out-{name}")
-            except RuntimeError as exc:  # e.g. pandas out of memory: report it, keep the other side
-                print(f"{name}: FAILED: {str(exc).strip().splitlines()[-1]}", flush=True)
-                continue
-            shutil.rmtree(work / f"out-{name}", ignore_errors=True)  # the next side gets the disk and page cache
-            detail = (f" (main RSS {r['main_rss_mb']:,.0f} MB + workers' PSS "
-                      f"{' + '.join(f'{w:,.0f}' for w in r['worker_rss_mb'])} MB)") if r.get("worker_rss_mb") else ""
-            print(f"{name}: {r['rows_in']} rows in, {r['rows_out']} out, {r['seconds']:.1f} s, "
-                  f"{r['rows_in'] / r['seconds']:,.0f} rows/s, peak RSS {r['peak_rss_mb']:,.0f} MB{detail}", flush=True)
-        if len(results) < 2:
+        rounds: list[dict[str, dict]] = []  # one per repeat: each side's result
+        for repeat in range(args.repeats):
+            rounds.append({})
+            for name, code in (("modelchain", MODELCHAIN_SIDE), ("pandas", PANDAS_SIDE)):
+                try:
+                    r = run_side(code, source, work / f"out-{name}")
+                except RuntimeError as exc:  # e.g. pandas out of memory: report it, keep the other side
+                    print(f"{name}: FAILED: {str(exc).strip().splitlines()[-1]}", flush=True)
+                    continue
+                finally:  # the next side gets the disk and page cache
+                    shutil.rmtree(work / f"out-{name}", ignore_errors=True)
+                rounds[-1][name] = r
+                detail = ""
+                if "main_cpu_s" in r:
+                    detail = (f" (main RSS {r['main_rss_mb']:,.0f} MB + workers' PSS "
+                              f"{' + '.join(f'{w:,.0f}' for w in r['worker_rss_mb'])} MB; CPU main "
+                              f"{r['main_cpu_s']:.0f} s, workers {r['workers_cpu_s']:.0f} s)")
+                print(f"{name}{f' [{repeat + 1}/{args.repeats}]' if args.repeats > 1 else ''}: {r['rows_in']} rows in, "
+                      f"{r['rows_out']} out, {r['seconds']:.1f} s, {r['rows_in'] / r['seconds']:,.0f} rows/s, "
+                      f"peak RSS {r['peak_rss_mb']:,.0f} MB{detail}", flush=True)
+        pairs = [(done["modelchain"], done["pandas"]) for done in rounds if len(done) == 2]
+        if not pairs:
             return 1
-        ours, base = results["modelchain"], results["pandas"]
-        ratio = (ours["rows_in"] / ours["seconds"]) / (base["rows_in"] / base["seconds"])
+        ratio = statistics.median((a["rows_in"] / a["seconds"]) / (b["rows_in"] / b["seconds"]) for a, b in pairs)
+        ours = statistics.median(a["rows_in"] / a["seconds"] for a, _ in pairs)
+        base = statistics.median(b["rows_in"] / b["seconds"] for _, b in pairs)
+        ours_rss = max(a["peak_rss_mb"] for a, _ in pairs)
+        base_rss = max(b["peak_rss_mb"] for _, b in pairs)
         verdict = "meets" if ratio >= 1.0 else "MISSES"
-        memory = "under" if ours["peak_rss_mb"] < 1024 else "OVER"
-        print(f"ratio modelchain/pandas: {ratio:.2f}x rows/s ({verdict} the 1.0 target); "
-              f"modelchain peak RSS {ours['peak_rss_mb']:,.0f} MB ({memory} 1 GB), "
-              f"pandas peak RSS {base['peak_rss_mb']:,.0f} MB")
+        memory = "under" if ours_rss < 1024 else "OVER"
+        print(f"{'median of ' + str(len(pairs)) + ' runs: ' if len(pairs) > 1 else ''}modelchain {ours:,.0f} rows/s, "
+              f"pandas {base:,.0f} rows/s; ratio modelchain/pandas: {ratio:.2f}x rows/s ({verdict} the 1.0 target); "
+              f"modelchain peak RSS {ours_rss:,.0f} MB ({memory} 1 GB), pandas peak RSS {base_rss:,.0f} MB")
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
