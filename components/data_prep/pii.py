@@ -157,6 +157,9 @@ class Scrubber:
     def scrub_many(self, texts: list[str]) -> tuple[list[str], int]:
         """Scrub the texts of one row together: the guards are checked once on all of them."""
         rules, numbers = self.rules_for("\n".join(texts)) if len(texts) > 1 else self.rules_for(texts[0])
+        if not rules and not numbers:  # most rows
+            self.last_found = 0
+            return texts, 0
         found = 0
         out = []
         for text in texts:
