@@ -5,9 +5,10 @@ Exact duplicates are found by a 64-bit content hash; near duplicates by MinHash 
 datasketch's band/row parameters for the threshold. A band match is only a candidate: it is
 confirmed by the signatures' estimated Jaccard similarity before a row is dropped.
 
-Memory stays bounded on large inputs: the dedup state is sorted numpy arrays of keys (8 bytes
-per row for exact dedup, 12 bytes per row and band for LSH) and the kept rows' signatures go
-to a spool file, read back only for candidates. datasketch's own MinHashLSH keeps a Python
+Memory stays bounded on large inputs: the dedup state is sorted numpy arrays of keys (12
+bytes a key with its value: one key a row for exact dedup, one a row and band for LSH) and a
+16 MB bit filter for each, and the kept rows' signatures go to a spool file, read back only
+for candidates. datasketch's own MinHashLSH keeps a Python
 set per bucket, several hundred bytes per row and band: fine for thousands of rows, not for
 the millions of a 2 GB file.
 """
@@ -161,8 +162,6 @@ def fmix32(hv: np.ndarray) -> np.ndarray:
 
 _P = np.uint32(0x01000193)  # the 32-bit FNV prime: odd, so invertible modulo 2**32
 _P_INV = np.uint32(pow(int(_P), -1, 2**32))
-_SPACE = np.zeros(256, dtype=bool)
-_SPACE[list(b" \t\n\r\x0b\x0c")] = True
 
 
 _POWERS: dict[int, np.ndarray] = {}
