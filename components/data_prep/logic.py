@@ -312,8 +312,8 @@ def prepare(
 
         permutations = datasketch_permutations(opts["dedup"].num_perm)
     stage = StageConfig(fields or FieldMap(), system_prompt, normalization, stratify_by, min_prompt_chars,
-                        min_response_chars, seed, opts["pii"], opts["tokens"], opts["dedup"], permutations,
-                        val_fraction, test_fraction)
+                        min_response_chars, seed, val_fraction, test_fraction, opts["pii"], opts["tokens"],
+                        opts["dedup"], permutations)
     if stage.pii.enabled:
         from modelchain.components.data_prep.pii import Scrubber
 

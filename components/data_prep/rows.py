@@ -36,12 +36,12 @@ class StageConfig:
     min_prompt_chars: int
     min_response_chars: int
     seed: int
+    val_fraction: float
+    test_fraction: float
     pii: Any  # logic.PiiOptions
     tokens: Any  # logic.TokenOptions
     dedup: Any  # logic.DedupOptions
     permutations: Any = None  # MinHash (a, b) from cleaning.datasketch_permutations
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
 
 
 class Lines:
