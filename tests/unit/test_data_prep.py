@@ -249,19 +249,3 @@ def test_a_batch_of_lines_gives_back_any_rows_in_order():
             picked = rows[codes[rows] == code]
             assert block.take(picked) == b"".join(lines[i] for i in picked.tolist())
 
-
-def test_the_reservoir_draws_what_random_randrange_draws():
-    """The inlined draw keeps the sample (and so the card's histogram) of a seed unchanged."""
-    import random
-
-    from modelchain.components.data_prep.tokens import Reservoir
-
-    reservoir, rng, expected = Reservoir(10, seed=7), random.Random(7), []
-    for seen, item in enumerate(range(5000), start=1):  # Algorithm R with random.randrange
-        if len(expected) < 10:
-            expected.append(item)
-        elif (j := rng.randrange(seen)) < 10:
-            expected[j] = item
-    for start in range(0, 5000, 700):
-        reservoir.offer_many(range(start, min(start + 700, 5000)))
-    assert reservoir.items == expected and reservoir.seen == 5000

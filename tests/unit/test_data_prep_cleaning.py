@@ -69,8 +69,15 @@ def _mixed_sample(n=600, seed=3):
     rng = random.Random(seed)
     extras = ["", " Caf\u00e9 \u200bzero-width", " \uff21 full width", " line\r\nbreak\x07bell",
               " password policy", " Note: a colon", " a:b:c not an ip", " ask-me", " 42 apples",
-              " x@y", " bearer of news", " BeArEr\tabcdefgh12345", " AKIA tooshort", " Auth: eyJ only", " 2001:db8::1", " sk-short", " -----begin nothing",
-              " ghp_tooshort", " api_key = abcdefgh12345678", " eyJhbGciOi.eyJzdWIiOi.abcdefghijk"]
+              " x@y", " bearer of news", " BeArEr\tabcdefgh12345", " AKIA tooshort", " Auth: eyJ only",
+              " 2001:db8::1", " sk-short", " -----begin nothing",
+              " ghp_tooshort", " api_key = abcdefgh12345678", " eyJhbGciOi.eyJzdWIiOi.abcdefghijk",
+              # one true match of every text kind, so a guard that wrongly skips its rule shows
+              " AKIAIOSFODNN7EXAMPLE", " aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+              " Authorization: Bearer abcdef0123456789", " AIzaSyA1234567890abcdefghijklmnopqrstuv",
+              " ghp_" + "a" * 36, " xoxb-1234567890-abcdefghij", " eyJhbGciOiJI.eyJzdWIiOiIx.SflKxwRJSMeKKF2Q",
+              " -----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+              " fe80::1ff:fe23:4567:890a"]
     texts = []
     for _ in range(n):
         text = " ".join(rng.choices(WORDS, k=rng.randint(5, 60))).capitalize() + "."

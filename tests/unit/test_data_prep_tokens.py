@@ -80,3 +80,18 @@ def test_reservoir_is_uniform_and_reproducible():
     for i in range(10_000):
         again.offer(i)
     assert again.items == picks[0]
+
+
+def test_the_reservoir_draws_what_random_randrange_draws():
+    """The inlined draw keeps the sample (and so the card's histogram) of a seed unchanged."""
+    import random
+
+    reservoir, rng, expected = Reservoir(10, seed=7), random.Random(7), []
+    for seen, item in enumerate(range(5000), start=1):  # Algorithm R with random.randrange
+        if len(expected) < 10:
+            expected.append(item)
+        elif (j := rng.randrange(seen)) < 10:
+            expected[j] = item
+    for start in range(0, 5000, 700):
+        reservoir.offer_many(range(start, min(start + 700, 5000)))
+    assert reservoir.items == expected and reservoir.seen == 5000

@@ -71,7 +71,6 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     assert [p for p in (tmp_path / "cache" / "onnx").iterdir() if not p.name.endswith(".lock")] == []
 
 
-
 def test_int8_recipe_keeps_the_down_projections_fp32(tmp_path):
     """A feed-forward block (widen, GELU-like, narrow): the widening MatMul gets int8 weights,
     the narrowing one stays fp32, and the output stays close to the fp32 graph's."""
@@ -108,6 +107,7 @@ def test_int8_recipe_keeps_the_down_projections_fp32(tmp_path):
     y32, y8 = (run[name].run(None, {"x": x})[0] for name in ("fp32", "int8"))
     cosines = (y32 * y8).sum(1) / np.linalg.norm(y32, axis=1) / np.linalg.norm(y8, axis=1)
     assert cosines.min() > 0.99, cosines
+
 
 def test_token_counter_counts_like_the_transformers_tokenizer():
     from transformers import AutoTokenizer
