@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from modelchain.core import s3
 from modelchain.core.io import atomic_write_json, sha256_file, sha256_text
 
 MANIFEST = "modelchain_manifest.json"
@@ -97,13 +98,11 @@ def verify_folder(folder: str | os.PathLike, manifest: dict[str, Any], *, origin
 
 # --------------------------------------------------------------------------- S3
 def split_s3_uri(uri: str) -> tuple[str, str]:
-    """`s3://bucket/some/key` -> ("bucket", "some/key")."""
-    if not uri.startswith("s3://"):
-        raise ArtifactError(f"{uri}: not an s3:// URI")
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise ArtifactError(f"{uri}: no bucket in the S3 URI")
-    return bucket, key.strip("/")
+    """`s3://bucket/some/key` -> ("bucket", "some/key") (core.s3's parser, as an ArtifactError)."""
+    try:
+        return s3.split_uri(uri)
+    except s3.S3UriError as exc:
+        raise ArtifactError(str(exc)) from None
 
 
 def transfer_config(
@@ -131,28 +130,8 @@ def transfer_config(
 
 
 def s3_client():
-    """A boto3 S3 client from the environment, the same variables MLflow's own S3 code reads.
-
-    MLFLOW_S3_ENDPOINT_URL points at an S3-compatible server (then path-style addressing);
-    credentials come from the usual AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a
-    profile, or the pod's IAM role). Few retries and short connect timeouts: a wrong endpoint
-    fails in seconds, not minutes.
-    """
-    import boto3
-    from botocore.config import Config
-
-    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
-    config = Config(
-        retries={"max_attempts": 3, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=60,
-        s3={"addressing_style": "path"} if endpoint else {},
-    )
-    verify = os.environ.get("MLFLOW_S3_IGNORE_TLS", "").lower() not in ("1", "true")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    # A fresh session: the default one caches credentials, and these must follow the environment.
-    session = boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint, config=config, verify=verify, region_name=region)
+    """The S3 client of core.s3 (its endpoint rule covers MLFLOW_S3_ENDPOINT_URL)."""
+    return s3.client()
 
 
 def _s3_error(exc: BaseException, uri: str) -> ArtifactError:

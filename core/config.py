@@ -625,12 +625,24 @@ GATE_METRICS = (
 )
 
 
+# Lists with an owner elsewhere (data formats, gate metrics, LoRA targets, ...) are checked by
+# that owner: each module named here has `check_config(cfg, need)`. They are imported by name
+# because core sits below them in the dependency rule; each must stay light (no torch, no kfp).
+OWNER_CHECKS: tuple[str, ...] = ()
+
+
+def _need(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why}")
+
+
 def _validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express, each naming its key."""
+    import importlib
 
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: {why}")
+    need = _need
+    for module in OWNER_CHECKS:
+        importlib.import_module(module).check_config(cfg, need)
 
     cluster = cfg.cluster
     need(cluster.kind in ("local", "eks"), "cluster.kind", f"must be local or eks, got {cluster.kind!r}")
@@ -746,3 +758,110 @@ def registered_model_name(cfg: DictConfig) -> str:
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- run-time parameters
+@dataclass(frozen=True)
+class RunParameter:
+    """A value a run or schedule may change without recompiling: a pipeline parameter.
+
+    ``key`` is its path in the config; the pipeline's parameter default is the config's
+    value there. This table is the one declaration: the pipelines build their parameters
+    from it, `run`, `submit` and `schedule` send ``parameter_values``, and `load_group`
+    puts a step's values back into its typed config.
+    """
+
+    name: str
+    key: str
+    type: type
+
+    @property
+    def group(self) -> str:
+        return self.key.split(".", 1)[0]
+
+    def value(self, cfg: DictConfig) -> Any:
+        value = OmegaConf.select(cfg, self.key)
+        if isinstance(value, DictConfig):
+            return OmegaConf.to_container(value, resolve=True)
+        if value is None and self.type is str:
+            return ""  # a KFP string parameter cannot be None; "" means "not set"
+        return value
+
+
+RUN_PARAMETERS: dict[str, tuple[RunParameter, ...]] = {
+    "finetune": (
+        RunParameter("data_uri", "data.source.uri", str),
+        RunParameter("feedback_since", "data.feedback.since", str),
+        RunParameter("feedback_until", "data.feedback.until", str),
+        RunParameter("max_steps", "train.max_steps", int),
+        RunParameter("learning_rate", "train.learning_rate", float),
+        RunParameter("lora_rank", "train.lora.rank", int),
+        RunParameter("lora_alpha", "train.lora.alpha", int),
+        RunParameter("thresholds", "eval.thresholds", dict),
+        RunParameter("min_improvement", "eval.min_improvement", float),
+        RunParameter("champion", "eval.champion", str),
+    ),
+    "rag_ingest": (RunParameter("source_uri", "rag.source.uri", str),),
+}
+_PARAMETER_BY_NAME = {p.name: p for table in RUN_PARAMETERS.values() for p in table}
+
+
+def parameter_values(pipeline: str, cfg: DictConfig) -> dict[str, Any]:
+    """The run-time parameters of ``pipeline`` and their values under ``cfg``."""
+    return {p.name: p.value(cfg) for p in RUN_PARAMETERS[pipeline]}
+
+
+# --------------------------------------------------------------------------- step configs
+# Each step receives the groups it reads, one JSON string per group, and rebuilds them here
+# into structured configs typed by the group's schema: wrong types fail, and schema defaults
+# fill what the string leaves out. Run-time keys travel only as pipeline parameters: in the
+# baked string they are MISSING, so a step that reads one it was not given fails naming it.
+def group_json(cfg: DictConfig, group: str) -> str:
+    """The resolved ``cfg.<group>`` as JSON, with its run-time keys left MISSING."""
+    import json
+
+    node = to_container(cfg[group])
+    for parameter in _PARAMETER_BY_NAME.values():
+        if parameter.group != group:
+            continue
+        *parents, leaf = parameter.key.split(".")[1:]
+        target = node
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = MISSING
+    return json.dumps(node, sort_keys=True)
+
+
+def load_group(group: str, text: str, **run_values: Any) -> DictConfig:
+    """``cfg.<group>`` rebuilt from `group_json`, with the run-time parameters given by name.
+
+    Returns a read-only structured config of the group's schema: attribute access, types
+    checked, schema defaults for what is absent.
+    """
+    import json
+
+    if group not in GROUP_SCHEMAS:
+        raise ConfigError(f"unknown config group {group!r}: choose one of {', '.join(GROUP_SCHEMAS)}")
+    _register()  # the ${mc_path:...} resolvers, should a value still hold one
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(GROUP_SCHEMAS[group]), json.loads(text))
+        for parameter in _PARAMETER_BY_NAME.values():  # merging "???" onto a dict keeps the dict
+            if parameter.group == group and parameter.name not in run_values:
+                OmegaConf.update(node, parameter.key.split(".", 1)[1], MISSING, merge=False)
+        for name, value in run_values.items():
+            parameter = _PARAMETER_BY_NAME.get(name)
+            if parameter is None or parameter.group != group:
+                raise ConfigError(f"{name!r} is not a run-time parameter of the {group} group")
+            if parameter.type is str and value == "" and parameter.key in _OPTIONAL_STRING_KEYS:
+                value = None
+            OmegaConf.update(node, parameter.key.split(".", 1)[1], value, merge=False)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{group}: {_one_line(exc)}") from exc
+    OmegaConf.set_readonly(node, True)
+    return node
+
+
+# Run-time string keys whose schema type is Optional[str]: "" from a pipeline parameter is None.
+_OPTIONAL_STRING_KEYS = {"data.feedback.since", "data.feedback.until"}

@@ -1,15 +1,16 @@
-"""What both pipelines share: the baked settings, the component set, and cluster placement."""
+"""What both pipelines share: the baked settings, run-time parameters, and cluster placement."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from modelchain.core.config import to_container
+from modelchain.core.config import RUN_PARAMETERS, parameter_values, to_container
 
 
 def git_commit() -> str:
@@ -30,9 +31,39 @@ def settings_json(cfg: DictConfig) -> str:
     return json.dumps(settings, sort_keys=True)
 
 
-def place(task, cluster: DictConfig):
-    """Local: no caching. EKS: node pool, tolerations, PVCs, secrets as env, resources."""
-    task.set_caching_options(False)
+def run_parameters(pipeline: str, cfg: DictConfig, body: Callable[[dict[str, Any]], None]) -> Callable:
+    """A function with one argument per run-time parameter of ``pipeline`` (core.config's
+    RUN_PARAMETERS), defaulting to the config's value, that calls ``body(params)``.
+
+    KFP reads a pipeline's parameters from its signature; this builds that signature from
+    the one table instead of restating it by hand.
+    """
+    table = RUN_PARAMETERS[pipeline]
+    defaults = parameter_values(pipeline, cfg)
+
+    def pipeline_body(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        body(dict(bound.arguments))
+
+    signature = inspect.Signature([
+        inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[p.name], annotation=p.type)
+        for p in table
+    ])
+    pipeline_body.__signature__ = signature
+    pipeline_body.__annotations__ = {p.name: p.type for p in table}
+    return pipeline_body
+
+
+def place(task, cluster: DictConfig, *, cache: bool = False):
+    """Caching only where asked (see `cache`). EKS: node pool, tolerations, PVCs, secrets as env, resources.
+
+    ``cache=True`` only for a step whose inputs are all upstream artifacts and parameters
+    (a pure function of immutable inputs): a step that reads an outside source that can
+    change under the same URI (data prep, discover), reads the registry (evaluate) or has
+    side effects (register, canary, upsert) must run every time.
+    """
+    task.set_caching_options(cache)
     if cluster.kind != "eks":
         return task
     from kfp import kubernetes

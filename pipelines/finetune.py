@@ -11,7 +11,8 @@ from modelchain.components.finetune.component import finetune
 from modelchain.components.gate.component import gate
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.register.component import register
-from modelchain.pipelines.build import place, settings_json
+from modelchain.core.config import parameter_values
+from modelchain.pipelines.build import place, run_parameters, settings_json
 
 
 def build(cfg: DictConfig):
@@ -25,25 +26,10 @@ def build(cfg: DictConfig):
     )
     cluster = cfg.cluster
 
-    @dsl.pipeline(
-        name="finetune",
-        description="Data prep, LoRA fine-tune, evaluation gate, MLflow registration and canary rollout of an adapter.",
-    )
-    def finetune_pipeline(
-        data_uri: str = cfg.data.source.uri,
-        feedback_since: str = cfg.data.feedback.since or "",
-        feedback_until: str = cfg.data.feedback.until or "",
-        max_steps: int = cfg.train.max_steps,
-        learning_rate: float = cfg.train.learning_rate,
-        lora_rank: int = cfg.train.lora.rank,
-        lora_alpha: int = cfg.train.lora.alpha,
-        thresholds: dict = dict(cfg.eval.thresholds),
-        min_improvement: float = cfg.eval.min_improvement,
-        champion: str = cfg.eval.champion,
-    ):
+    def body(params: dict):
         prep = place(
             data_prep_op(
-                settings=settings, data_uri=data_uri, feedback_since=feedback_since, feedback_until=feedback_until
+                settings=settings, data_uri=params["data_uri"], feedback_since=params["feedback_since"], feedback_until=params["feedback_until"]
             ),
             cluster,
         ).set_display_name("data-prep")
@@ -51,16 +37,16 @@ def build(cfg: DictConfig):
             finetune_op(
                 settings=settings,
                 splits=prep.outputs["splits"],
-                max_steps=max_steps,
-                learning_rate=learning_rate,
-                lora_rank=lora_rank,
-                lora_alpha=lora_alpha,
+                max_steps=params["max_steps"],
+                learning_rate=params["learning_rate"],
+                lora_rank=params["lora_rank"],
+                lora_alpha=params["lora_alpha"],
             ),
             cluster,
         )
         scored = place(
             evaluate_op(
-                settings=settings, splits=prep.outputs["splits"], adapter=tune.outputs["adapter"], champion=champion
+                settings=settings, splits=prep.outputs["splits"], adapter=tune.outputs["adapter"], champion=params["champion"]
             ),
             cluster,
         )
@@ -70,8 +56,8 @@ def build(cfg: DictConfig):
                 results=scored.outputs["results"],
                 splits=prep.outputs["splits"],
                 adapter=tune.outputs["adapter"],
-                thresholds=thresholds,
-                min_improvement=min_improvement,
+                thresholds=params["thresholds"],
+                min_improvement=params["min_improvement"],
                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             ),
             cluster,
@@ -89,20 +75,14 @@ def build(cfg: DictConfig):
                 cluster,
             )
 
-    return finetune_pipeline
+    return dsl.pipeline(
+        run_parameters("finetune", cfg, body),
+        name="finetune",
+        description="Data prep, LoRA fine-tune, evaluation gate, MLflow registration and canary rollout of an adapter.",
+    )
+
 
 
 def parameters(cfg: DictConfig) -> dict:
     """The run-time parameters and their values under `cfg` (what a run or schedule sends)."""
-    return {
-        "data_uri": cfg.data.source.uri,
-        "feedback_since": cfg.data.feedback.since or "",
-        "feedback_until": cfg.data.feedback.until or "",
-        "max_steps": cfg.train.max_steps,
-        "learning_rate": cfg.train.learning_rate,
-        "lora_rank": cfg.train.lora.rank,
-        "lora_alpha": cfg.train.lora.alpha,
-        "thresholds": dict(cfg.eval.thresholds),
-        "min_improvement": cfg.eval.min_improvement,
-        "champion": cfg.eval.champion,
-    }
+    return parameter_values("finetune", cfg)

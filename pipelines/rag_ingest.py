@@ -12,8 +12,8 @@ from modelchain.components.embed.component import embed
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.upsert.component import upsert
 from modelchain.components.verify.component import verify
-from modelchain.core.config import ConfigError
-from modelchain.pipelines.build import place, settings_json
+from modelchain.core.config import ConfigError, parameter_values
+from modelchain.pipelines.build import place, run_parameters, settings_json
 
 MILVUS_TOKEN_ENV = "MILVUS_TOKEN"  # what core.vectorstore.store_from_settings reads
 MILVUS_TOKEN_SECRET_KEY = "token"  # the key in the secret named by rag.milvus.token_secret
@@ -30,13 +30,11 @@ def build(cfg: DictConfig):
     )
     cluster = cfg.cluster
 
-    @dsl.pipeline(
-        name="rag-ingest",
-        description="Keep a Milvus collection in step with a document corpus: chunk, embed, upsert, verify.",
-    )
-    def rag_ingest_pipeline(source_uri: str = cfg.rag.source.uri):
-        found = place(discover_op(settings=settings, source_uri=source_uri), cluster)
-        parts = place(chunk_op(settings=settings, manifest=found.outputs["manifest"]), cluster)
+    def body(params: dict):
+        found = place(discover_op(settings=settings, source_uri=params["source_uri"]), cluster)
+        # Chunking is a pure function of the manifest (which holds each document's content
+        # hash), so a cached result is never stale.
+        parts = place(chunk_op(settings=settings, manifest=found.outputs["manifest"]), cluster, cache=True)
         # The steps that open the collection get the token from the secret, by name.
         vectors = with_token(place(embed_op(settings=settings, chunks=parts.outputs["chunks"]), cluster), token_secret)
         written = with_token(
@@ -44,11 +42,16 @@ def build(cfg: DictConfig):
         )
         with_token(place(verify_op(settings=settings, chunks=parts.outputs["chunks"]), cluster), token_secret).after(written)
 
-    return rag_ingest_pipeline
+    return dsl.pipeline(
+        run_parameters("rag_ingest", cfg, body),
+        name="rag-ingest",
+        description="Keep a Milvus collection in step with a document corpus: chunk, embed, upsert, verify.",
+    )
 
 
 def parameters(cfg: DictConfig) -> dict:
-    return {"source_uri": cfg.rag.source.uri}
+    """The run-time parameters and their values under `cfg` (what a run or schedule sends)."""
+    return parameter_values("rag_ingest", cfg)
 
 
 def milvus_token_secret(cfg: DictConfig) -> Optional[str]:
