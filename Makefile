@@ -79,5 +79,17 @@ test-fast: setup
 bench: setup
 	$(PY) -m modelchain.bench.run_all
 
+# Import contracts (pyproject.toml [tool.importlinter]) and ruff's error checks. import-linter
+# scans a tree of symlinks, .lint/modelchain/<folder>: the editable install's import hook
+# hides the folders from it.
+PACKAGE_FOLDERS := $(patsubst %/__init__.py,%,$(wildcard */__init__.py))
+
+lint: setup
+	rm -rf .lint && mkdir -p .lint/modelchain
+	for folder in $(filter-out tests,$(PACKAGE_FOLDERS)); do ln -s ../../$$folder .lint/modelchain/$$folder; done
+	ln -s ../tests .lint/tests
+	PYTHONPATH=.lint $(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+
 clean:
 	rm -rf .modelchain
