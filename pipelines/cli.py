@@ -452,7 +452,7 @@ def cmd_eval(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -465,6 +465,22 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a task failure or a bad input: one line, no traceback
         print(f"modelchain: {args.verb} failed: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
         return 1
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Options and Hydra overrides in any order: `compile finetune -o f.yaml cluster=eks`.
+
+    argparse stops filling a `nargs="*"` positional at the first option, so overrides that
+    come after one are left over; they join `overrides`. Anything else left over (an unknown
+    option, or a stray word on a verb without overrides) is an error, as before.
+    """
+    args, extra = parser.parse_known_args(argv)
+    strays = [word for word in extra if word.startswith("-") or "=" not in word]
+    if strays or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(strays or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def _first_line(exc: BaseException) -> str:

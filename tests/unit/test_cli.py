@@ -93,3 +93,31 @@ def test_run_time_parameters_have_config_defaults(tmp_path):
     assert params["data_uri"]["defaultValue"].endswith("support_tickets.jsonl")
     assert params["thresholds"]["defaultValue"] == {"exact_match": 0.5}
     assert params["feedback_since"]["defaultValue"] == "7d" and params["feedback_until"]["defaultValue"] == ""
+
+
+@pytest.mark.parametrize(
+    "argv,overrides",
+    [
+        (["compile", "finetune", "-o", "f.yaml", "cluster=eks"], ["cluster=eks"]),
+        (["submit", "finetune", "--host", "http://kfp", "--experiment", "support", "--wait", "cluster=eks"], ["cluster=eks"]),
+        (["schedule", "finetune", "--host", "http://kfp", "--cron", "0 3 * * 1", "--name", "weekly", "cluster=eks"],
+         ["cluster=eks"]),
+        (["data", "prep", "--out", "d", "data=chat_jsonl"], ["data=chat_jsonl"]),
+        (["render", "training", "--out", "d", "train=cluster_8gpu", "--name", "j", "model=llama3_8b"],
+         ["train=cluster_8gpu", "model=llama3_8b"]),
+    ],
+)
+def test_overrides_may_follow_options(argv, overrides):
+    from modelchain.pipelines.cli import build_parser, parse_args
+
+    assert parse_args(build_parser(), argv).overrides == overrides
+
+
+@pytest.mark.parametrize("argv", [["compile", "finetune", "--bogus"], ["compile", "finetune", "-o", "f.yaml", "stray"]])
+def test_unknown_options_and_stray_words_are_still_refused(argv, capsys):
+    from modelchain.pipelines.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
