@@ -49,6 +49,11 @@ def _add_pipeline(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.max_steps=10 cluster=eks")
 
 
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show kfp.local's executor input/output dumps (always in the run's log file)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelchain",
@@ -69,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("run", help="run a pipeline here with kfp.local (cluster=local)")
     _add_pipeline(p)
+    _add_verbose(p)
     p.set_defaults(handler=cmd_run)
 
     p = verbs.add_parser("submit", help="submit one run to a KFP server")
@@ -96,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("demo", help="run finetune then rag_ingest here and show where the results are")
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to both pipelines' shared groups")
+    _add_verbose(p)
     p.set_defaults(handler=cmd_demo)
 
     _add_registry_verbs(verbs)
@@ -133,10 +140,14 @@ def cmd_compile(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from modelchain.pipelines.local_run import run_local
+    from modelchain.pipelines.local_run import log_path_for, run_local
 
     cfg = _compose(args.pipeline, args.overrides)
-    root = run_local(args.pipeline, cfg)
+    log_path = log_path_for(args.pipeline, cfg)
+    try:
+        root = run_local(args.pipeline, cfg, log_path=log_path, verbose=args.verbose)
+    finally:
+        print(f"full log: {log_path}", file=sys.stderr)
     print(f"{args.pipeline} finished; task outputs under {root}")
     print(_summary(args.pipeline, cfg))
     return 0
@@ -207,13 +218,14 @@ def cmd_schedule(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from modelchain.pipelines.local_run import run_local
+    from modelchain.pipelines.local_run import log_path_for, run_local
 
     results = []
     for pipeline in PIPELINE_NAMES:
         cfg = _compose(pipeline, args.overrides)
-        print(f"== {pipeline}: running with kfp.local (cluster={cfg.cluster.name})", flush=True)
-        run_local(pipeline, cfg)
+        log_path = log_path_for(pipeline, cfg)
+        print(f"== {pipeline}: running with kfp.local (cluster={cfg.cluster.name}; full log: {log_path})", flush=True)
+        run_local(pipeline, cfg, log_path=log_path, verbose=args.verbose)
         results.append(_summary(pipeline, cfg))
     print("\n".join(["", "== demo finished", *results]))
     return 0

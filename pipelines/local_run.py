@@ -24,8 +24,28 @@ OFFLINE_ENV = {
 }
 
 
-def run_local(pipeline: str, cfg: DictConfig, params: dict[str, Any] | None = None) -> Path:
-    """Run the whole pipeline; raises if a task fails. Returns the pipeline root of outputs."""
+def log_path_for(pipeline: str, cfg: DictConfig) -> Path:
+    """Where a local run's full log goes: <cluster.workdir>/logs/<pipeline>-<UTC time>.log."""
+    import datetime
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path(cfg.cluster.workdir) / "logs" / f"{pipeline}-{stamp}.log"
+
+
+def run_local(
+    pipeline: str,
+    cfg: DictConfig,
+    params: dict[str, Any] | None = None,
+    *,
+    log_path: Path | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Run the whole pipeline; raises if a task fails. Returns the pipeline root of outputs.
+
+    The console shows each step's start, messages, progress, errors and end; everything
+    kfp.local prints (the executors' JSON input and output among it) goes to ``log_path``
+    (default: `log_path_for`), and to the console as well when ``verbose``.
+    """
     if cfg.cluster.kind != "local":
         raise ValueError(f"`run` executes here and needs cluster=local, not cluster={cfg.cluster.kind}")
     for key, value in OFFLINE_ENV.items():
@@ -36,7 +56,7 @@ def run_local(pipeline: str, cfg: DictConfig, params: dict[str, Any] | None = No
     root.mkdir(parents=True, exist_ok=True)
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     func = module(pipeline).build(cfg)
-    with _remember_output() as recent:
+    with _console(log_path or log_path_for(pipeline, cfg), verbose) as recent:
         try:
             func(**(params or {}))
         except RuntimeError as exc:
@@ -66,8 +86,8 @@ def _last_error(lines) -> str:
     return ""
 
 
-class _Tee:
-    """Passes writes through to the real stdout and keeps the last lines."""
+class _Recorder:
+    """Passes writes through to a stream and keeps the last lines (for the error message)."""
 
     def __init__(self, stream, keep: int = 400):
         self.stream = stream
@@ -82,10 +102,37 @@ class _Tee:
 
 
 @contextlib.contextmanager
-def _remember_output():
-    tee = _Tee(sys.stdout)
-    sys.stdout = tee
-    try:
-        yield tee.lines
-    finally:
-        sys.stdout = tee.stream
+def _console(log_path: Path, verbose: bool):
+    """stdout -> the log file, and the lines a person reads (all of them if verbose) -> the console."""
+    from modelchain.pipelines.console import ConsoleFilter
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    real_stdout = sys.stdout
+    with open(log_path, "a", encoding="utf-8") as log:
+        shown = _Both(real_stdout, log) if verbose else ConsoleFilter(real_stdout, log)
+        recorder = _Recorder(shown)
+        sys.stdout = recorder
+        try:
+            yield recorder.lines
+        finally:
+            if isinstance(shown, ConsoleFilter):
+                shown.close_pending()
+            sys.stdout = real_stdout
+
+
+class _Both:
+    """Writes to the console and the log file alike (--verbose)."""
+
+    def __init__(self, console, log):
+        self.console, self.log = console, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        return self.console.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.console.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.console, name)
