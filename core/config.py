@@ -9,6 +9,7 @@ hydra/omegaconf: the CLI composes configs without touching torch or kfp.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -486,7 +487,9 @@ class ClusterConfig:
     name: str = MISSING
     kind: str = MISSING  # local | eks
     workdir: str = ".modelchain"  # local state: MLflow db, Milvus Lite, KFP outputs
-    image: str = "python:3.11"  # the component image (modelchain installed)
+    image: str = "python:3.11"  # the component image (modelchain installed; `make image` builds it)
+    # sha256:<64 hex> pins `image` by digest (or write image@sha256:... in `image` itself); "" = by tag
+    image_digest: str = ""
     namespace: str = "kubeflow"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[TolerationConfig] = field(default_factory=list)
@@ -646,6 +649,13 @@ def _validate(cfg: DictConfig) -> None:
 
     cluster = cfg.cluster
     need(cluster.kind in ("local", "eks"), "cluster.kind", f"must be local or eks, got {cluster.kind!r}")
+    need(bool(IMAGE_REFERENCE.match(cluster.image)), "cluster.image",
+         f"not a valid image reference: {cluster.image!r} (e.g. registry.example.com/team/modelchain:0.1.0)")
+    need(not cluster.image_digest or bool(DIGEST.match(cluster.image_digest)), "cluster.image_digest",
+         f"must be sha256: and 64 hex digits, got {cluster.image_digest!r}")
+    pinned = cluster.image.partition("@")[2]
+    need(not (pinned and cluster.image_digest) or pinned == cluster.image_digest, "cluster.image_digest",
+         f"{cluster.image_digest} does not match the digest in cluster.image ({pinned})")
     need(len(cfg.schedule.cron.split()) in (5, 6), "schedule.cron", f"not a cron expression: {cfg.schedule.cron!r}")
     need(cfg.schedule.max_concurrency >= 1, "schedule.max_concurrency", "must be >= 1")
     if "data" in cfg:
@@ -749,6 +759,22 @@ def _validate_cluster_training(cfg: DictConfig, need) -> None:
          f"batch_size x grad_accum = {global_batch} must be a multiple of micro_batch_size x data-parallel "
          f"size = {step}")
     need(train.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+
+
+# An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+IMAGE_REFERENCE = re.compile(
+    r"^(?:(?:[a-zA-Z0-9-]+\.)*[a-zA-Z0-9-]+(?::[0-9]+)?/)?"  # registry host, optional
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # path
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+
+def component_image(cluster: DictConfig) -> str:
+    """The image every step runs in: cluster.image, pinned by cluster.image_digest when set."""
+    if cluster.image_digest and "@" not in cluster.image:
+        return f"{cluster.image}@{cluster.image_digest}"
+    return cluster.image
 
 
 def registered_model_name(cfg: DictConfig) -> str:

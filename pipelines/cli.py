@@ -126,7 +126,12 @@ def _compose(pipeline: str, overrides: list[str]):
 def cmd_config(args) -> int:
     from omegaconf import OmegaConf
 
-    print(OmegaConf.to_yaml(_compose(args.pipeline, args.overrides)), end="")
+    from modelchain.core.config import component_image
+
+    cfg = _compose(args.pipeline, args.overrides)
+    print(OmegaConf.to_yaml(cfg), end="")
+    image = component_image(cfg.cluster)
+    print(f"# steps run in {image} ({'pinned by digest' if '@sha256:' in image else 'by tag: not pinned'})")
     return 0
 
 

@@ -11,7 +11,7 @@ from modelchain.components.finetune.component import finetune
 from modelchain.components.gate.component import gate
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.register.component import register
-from modelchain.core.config import parameter_values
+from modelchain.core.config import component_image, parameter_values
 from modelchain.pipelines.build import place, run_parameters, settings_json
 
 
@@ -20,7 +20,7 @@ def build(cfg: DictConfig):
     from kfp import dsl
 
     settings = settings_json(cfg)
-    image = cfg.cluster.image
+    image = component_image(cfg.cluster)
     data_prep_op, finetune_op, evaluate_op, gate_op, register_op, canary_op = (
         make_component(fn, image) for fn in (data_prep, finetune, evaluate, gate, register, canary)
     )

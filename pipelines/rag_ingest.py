@@ -12,7 +12,7 @@ from modelchain.components.embed.component import embed
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.upsert.component import upsert
 from modelchain.components.verify.component import verify
-from modelchain.core.config import ConfigError, parameter_values
+from modelchain.core.config import ConfigError, component_image, parameter_values
 from modelchain.pipelines.build import place, run_parameters, settings_json
 
 MILVUS_TOKEN_ENV = "MILVUS_TOKEN"  # what core.vectorstore.store_from_settings reads
@@ -26,7 +26,7 @@ def build(cfg: DictConfig):
     settings = settings_json(cfg)
     token_secret = milvus_token_secret(cfg)
     discover_op, chunk_op, embed_op, upsert_op, verify_op = (
-        make_component(fn, cfg.cluster.image) for fn in (discover, chunk, embed, upsert, verify)
+        make_component(fn, component_image(cfg.cluster)) for fn in (discover, chunk, embed, upsert, verify)
     )
     cluster = cfg.cluster
 

@@ -83,3 +83,40 @@ def test_eks_secrets_are_names_only():
     assert set(PRIMARY_SCHEMAS) == {"finetune", "rag_ingest"}
     text = json.dumps(dict(cfg.cluster.secret_env[0]))
     assert "secret_name" in text and "value" not in text
+
+
+DIGEST_A, DIGEST_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+@pytest.mark.parametrize(
+    "overrides,image",
+    [
+        (["cluster=eks"], "ghcr.io/modelchain/modelchain:0.1.0"),
+        (["cluster=eks", f"cluster.image_digest={DIGEST_A}"], f"ghcr.io/modelchain/modelchain:0.1.0@{DIGEST_A}"),
+        ([f"cluster.image=localhost:5000/team/modelchain@{DIGEST_B}"], f"localhost:5000/team/modelchain@{DIGEST_B}"),
+        ([f"cluster.image=localhost/modelchain:x@{DIGEST_B}", f"cluster.image_digest={DIGEST_B}"],
+         f"localhost/modelchain:x@{DIGEST_B}"),
+    ],
+)
+def test_the_components_image_can_be_pinned_by_digest(overrides, image):
+    from modelchain.core.config import component_image
+
+    assert component_image(compose("finetune", overrides).cluster) == image
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("cluster.image=Not An Image", "cluster.image: not a valid image reference"),
+        ("cluster.image=repo/UPPER:1", "cluster.image: not a valid image reference"),
+        ("cluster.image_digest=sha256:abc", "cluster.image_digest: must be sha256: and 64 hex digits"),
+    ],
+)
+def test_bad_image_references_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose("finetune", [override])
+
+
+def test_a_digest_that_does_not_match_the_pinned_image_fails():
+    with pytest.raises(ConfigError, match="cluster.image_digest: .* does not match the digest in cluster.image"):
+        compose("finetune", [f"cluster.image=localhost/modelchain@{DIGEST_B}", f"cluster.image_digest={DIGEST_A}"])
