@@ -11,9 +11,9 @@ ARG BASE=docker.io/library/python:3.11-slim
 
 # ---------------------------------------------------------------- builder: modelchain's wheel
 FROM ${BASE} AS builder
-RUN --mount=type=bind,from=wheels,target=/wheels \
-    python3 -m venv /build-env \
- && /build-env/bin/pip install --no-index --find-links /wheels --quiet setuptools wheel
+COPY --from=wheels . /wheels
+RUN python3 -m venv /build-env \
+ && /build-env/bin/pip install --no-index --find-links /wheels --quiet setuptools==84.2.1 wheel==0.48.0
 COPY . /src
 RUN /build-env/bin/pip wheel --no-deps --no-build-isolation --no-index --wheel-dir /dist --quiet /src \
  && cp /src/constraints.txt /dist/
@@ -30,9 +30,9 @@ ENV VIRTUAL_ENV=/opt/modelchain \
     RAGAS_DO_NOT_TRACK=true \
     DO_NOT_TRACK=1 \
     TOKENIZERS_PARALLELISM=false
-# The wheels are mounted for the install only, so they add nothing to the image's layers.
+# The wheels are mounted from the builder for the install only: they add nothing to the layers.
 RUN --mount=type=bind,from=builder,source=/dist,target=/dist \
-    --mount=type=bind,from=wheels,target=/wheels \
+    --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python3 -m venv /opt/modelchain \
  && pip="/opt/modelchain/bin/pip install --no-index --find-links /wheels --quiet --no-cache-dir -c /dist/constraints.txt" \
  && $pip torch==2.13.0 \

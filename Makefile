@@ -17,7 +17,7 @@ export RAGAS_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-nemo setup-serve serve-tools demo test test-fast bench lint clean
+.PHONY: setup setup-nemo setup-serve serve-tools image-tools image test-image demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -64,6 +64,25 @@ serve-tools:
 	@if ! command -v nginx >/dev/null || ! command -v prometheus >/dev/null; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx prometheus; \
 	fi
+
+# The components image (Dockerfile), built with podman or Docker; its reference is the last
+# line printed, and build/image.json records it. Where no registry answers, the base is made
+# from Debian with debootstrap. On Debian, podman, runc and debootstrap come from apt when
+# missing, and podman gets the runc runtime and explicit ulimits that these machines need.
+image-tools:
+	@if command -v apt-get >/dev/null && { ! command -v podman >/dev/null && ! command -v docker >/dev/null || ! command -v debootstrap >/dev/null; }; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman runc debootstrap; \
+	fi
+	@if command -v podman >/dev/null && [ ! -e /etc/containers/containers.conf ]; then \
+		mkdir -p /etc/containers && printf '%s\n' '[containers]' 'default_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]' '[engine]' 'runtime = "runc"' > /etc/containers/containers.conf; \
+	fi
+
+image: setup image-tools
+	$(PY) -m modelchain.pipelines.image
+
+# Both pipelines run inside the image through podman's Docker API (kfp.local DockerRunner).
+test-image: image
+	$(PY) -m pytest -m "" tests/e2e/test_pipelines_in_image.py
 
 # The canary step (part of the finetune pipeline) needs the serving stack.
 demo: setup setup-serve

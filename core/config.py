@@ -490,6 +490,11 @@ class ClusterConfig:
     image: str = "python:3.11"  # the component image (modelchain installed; `make image` builds it)
     # sha256:<64 hex> pins `image` by digest (or write image@sha256:... in `image` itself); "" = by tag
     image_digest: str = ""
+    # cluster=local: how kfp.local runs each step. subprocess = in this Python environment;
+    # docker = in `image` through a Docker API (Docker, or podman's `podman system service`),
+    # with the workdir and the configured local paths mounted at the same place.
+    local_runner: str = "subprocess"
+    docker_mounts: list[str] = field(default_factory=list)  # more host folders for local_runner=docker
     namespace: str = "kubeflow"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[TolerationConfig] = field(default_factory=list)
@@ -649,6 +654,8 @@ def _validate(cfg: DictConfig) -> None:
 
     cluster = cfg.cluster
     need(cluster.kind in ("local", "eks"), "cluster.kind", f"must be local or eks, got {cluster.kind!r}")
+    need(cluster.local_runner in ("subprocess", "docker"), "cluster.local_runner",
+         f"must be subprocess or docker, got {cluster.local_runner!r}")
     need(bool(IMAGE_REFERENCE.match(cluster.image)), "cluster.image",
          f"not a valid image reference: {cluster.image!r} (e.g. registry.example.com/team/modelchain:0.1.0)")
     need(not cluster.image_digest or bool(DIGEST.match(cluster.image_digest)), "cluster.image_digest",

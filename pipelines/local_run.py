@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from modelchain.pipelines.registry import module
 
@@ -54,7 +54,7 @@ def run_local(
 
     root = Path(cfg.cluster.workdir) / "kfp-outputs"
     root.mkdir(parents=True, exist_ok=True)
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    kfp.local.init(runner=_runner(cfg), pipeline_root=str(root.resolve()), raise_on_error=True)
     func = module(pipeline).build(cfg)
     with _console(log_path or log_path_for(pipeline, cfg), verbose) as recent:
         try:
@@ -64,6 +64,51 @@ def run_local(
             cause = _last_error(recent)
             raise LocalRunError(f"{_strip_ansi(str(exc)).splitlines()[0]} {cause}".strip()) from exc
     return root
+
+
+# Config keys that may hold local paths a step reads: mounted into the container (local_runner=docker).
+PATH_KEYS = ("data.source.uri", "data.feedback.uri", "data.tokens.tokenizer", "model.path", "rag.source.uri",
+             "rag.embedding.model", "eval.harness_task_dir", "train.local.checkpoint_dir")
+
+
+def _runner(cfg: DictConfig):
+    """kfp.local's runner of cluster.local_runner: this environment, or the components image."""
+    import kfp.local
+
+    if cfg.cluster.local_runner == "subprocess":
+        return kfp.local.SubprocessRunner(use_venv=False)
+    from docker.types import Mount
+
+    # The image is each component's own (cluster.image, see core.config.component_image).
+    workdir = Path(cfg.cluster.workdir).resolve()
+    folders = {workdir, *(Path(p).resolve() for p in cfg.cluster.docker_mounts)}
+    for key in PATH_KEYS:
+        folders |= _local_folders(OmegaConf.select(cfg, key, default=None))
+    return kfp.local.DockerRunner(
+        mounts=[Mount(target=str(f), source=str(f), type="bind") for f in sorted(_outermost(folders))],
+        # The host's user, so that files written to the mounted folders belong to whoever runs this.
+        user=f"{os.getuid()}:{os.getgid()}",
+        environment={**OFFLINE_ENV, "HOME": str(workdir / "container-home"), "MODELCHAIN_HOME": str(workdir)},
+        network_mode="none",  # every local part (MLflow on sqlite, Milvus Lite) is a file
+    )
+
+
+def _local_folders(value: Any) -> set[Path]:
+    """The existing local folders behind a path value (a file's folder; the fixed part of a glob)."""
+    if not isinstance(value, str) or not value or "://" in value:
+        return set()
+    folders = set()
+    for part in value.split(","):
+        fixed = Path(re.split(r"[*?\[]", part.strip(), maxsplit=1)[0] or ".").resolve()
+        while not fixed.exists() and fixed != fixed.parent:
+            fixed = fixed.parent
+        folders.add(fixed if fixed.is_dir() else fixed.parent)
+    return folders
+
+
+def _outermost(folders: set[Path]) -> set[Path]:
+    """Drop folders inside another one of the set: one mount covers them."""
+    return {f for f in folders if not any(other != f and other in f.parents for other in folders)}
 
 
 class LocalRunError(RuntimeError):
