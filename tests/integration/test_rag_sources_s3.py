@@ -80,13 +80,13 @@ def test_an_unreachable_endpoint_stops_the_step(corpus, tokenizer, monkeypatch):
 
 @pytest.mark.slow
 def test_ingest_from_s3_into_milvus_lite(corpus, tmp_path):
-    from modelchain.components.ingest import ingest
+    from modelchain.pipelines.inprocess_ingest import ingest
     from modelchain.core.embedder import make_embedder
     from modelchain.core.retriever import Retriever
-    from modelchain.core.vectorstore import MilvusStore
+    from modelchain.core.vectorstore import MilvusLiteStore
 
     embedder = make_embedder("onnx-int8")
-    with MilvusStore(str(tmp_path / "m.db"), "docs", embedder.dim) as store:
+    with MilvusLiteStore(str(tmp_path / "m.db"), "docs", embedder.dim) as store:
         stats = ingest(f"s3://{BUCKET}/docs/", store, embedder, ["**/*"], ["drafts/**"], progress=False)
         assert stats["written_documents"] == 4 and len(stats["quarantined"]) == 2
         hits = Retriever(store, embedder).retrieve("What pressure should the boiler have?", k=1)

@@ -231,10 +231,9 @@ def test_bad_runtimes_and_endpoints_are_refused():
 
 
 def test_the_shipped_config_picks_the_int8_runtime(modelchain_home):
-    from modelchain.core.config import to_container
-    from modelchain.core.embedder import embedder_from_settings
+    from modelchain.core.embedder import embedder_from_config
 
-    settings = to_container(compose("rag_ingest"))
-    embedder = embedder_from_settings(settings)
+    rag = compose("rag_ingest").rag
+    embedder = embedder_from_config(rag.embedding)
     assert isinstance(embedder, OnnxEmbedder) and embedder.runtime == "onnx-int8"
-    assert embedder.batch_size == settings["rag"]["embedding"]["batch_size"]
+    assert embedder.batch_size == rag.embedding.batch_size

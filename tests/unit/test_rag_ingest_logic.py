@@ -8,12 +8,13 @@ import pytest
 from modelchain.components.chunk.logic import chunk_documents
 from modelchain.components.discover.logic import discover
 from modelchain.components.embed.logic import embed_chunks
-from modelchain.components.upsert.logic import apply_changes, plan_changes, upsert_chunks
+from modelchain.components.rag_changes import plan_changes
+from modelchain.components.upsert.logic import apply_changes, upsert_chunks
 from modelchain.components.verify.logic import verify
 from modelchain.core import vectorstore
 from modelchain.core.embedder import Embedder
 from modelchain.core.retriever import Hit, Retriever
-from modelchain.core.vectorstore import MilvusStore
+from modelchain.core.vectorstore import MilvusLiteStore
 
 CORPUS = {
     "install.md": """# Installation
@@ -86,7 +87,7 @@ def corpus(tmp_path):
 
 @pytest.fixture
 def store(tmp_path, embedder):
-    with MilvusStore(str(tmp_path / "milvus" / "rag.db"), "docs", embedder.dim) as s:
+    with MilvusLiteStore(str(tmp_path / "milvus" / "rag.db"), "docs", embedder.dim) as s:
         yield s
 
 
@@ -235,16 +236,24 @@ def test_verify_fails_on_misses_and_on_a_collection_out_of_step(corpus, store, e
     assert not result["passed"] and result["stale_sources"] == ["serving.md"]
 
 
-def test_retriever_from_config_reads_an_ingested_collection(corpus, tmp_path, embedder):
+def rag_config(uri, collection):
+    """The typed rag group of a local run over ``uri``, with the fp32 torch embedder of these tests."""
+    from modelchain.core.config import compose
+
+    return compose("rag_ingest", [f"rag.milvus.uri={uri}", f"rag.milvus.collection={collection}",
+                                  "rag.embedding.runtime=torch"]).rag
+
+
+def test_retriever_opened_from_the_rag_config_reads_an_ingested_collection(corpus, tmp_path, embedder):
     uri = str(tmp_path / "milvus" / "rag.db")
-    with MilvusStore(uri, "docs", embedder.dim) as store:
+    with MilvusLiteStore(uri, "docs", embedder.dim) as store:
         ingest(corpus, store, embedder)
-    with Retriever.from_config(uri, "docs") as retriever:
+    with Retriever.open(rag_config(uri, "docs")) as retriever:
         hits = retriever.retrieve("How do I reset my password?", k=4)
         assert len(hits) == 4 and all(isinstance(h, Hit) for h in hits)
         assert hits[0].source == "notes/faq.txt" and "reset your password" in hits[0].text
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         assert retriever.retrieve_many([], k=2) == []
     with pytest.raises(ValueError, match="'absent' does not exist"):
-        with Retriever.from_config(uri, "absent") as retriever:
+        with Retriever.open(rag_config(uri, "absent")) as retriever:
             retriever.retrieve("anything")
