@@ -230,6 +230,17 @@ def test_bad_runtimes_and_endpoints_are_refused():
         compose("rag_ingest", ["rag.embedding.runtime=openai"])
 
 
+def test_config_validation_asks_the_embedder_for_its_runtimes(monkeypatch):
+    # One owner for the list: a runtime the embedder registers is valid config, with no edit in core/config.py.
+    from modelchain.core import config, embedder
+
+    assert "modelchain.core.embedder" in config.OWNER_CHECKS
+    with pytest.raises(ConfigError, match="rag.embedding.runtime: must be one of torch, onnx, onnx-int8, openai, got 'tensorrt'"):
+        compose("rag_ingest", ["rag.embedding.runtime=tensorrt"])
+    monkeypatch.setattr(embedder, "RUNTIMES", (*embedder.RUNTIMES, "tensorrt"))
+    assert compose("rag_ingest", ["rag.embedding.runtime=tensorrt"]).rag.embedding.runtime == "tensorrt"
+
+
 def test_the_shipped_config_picks_the_int8_runtime(modelchain_home):
     from modelchain.core.embedder import embedder_from_config
 
