@@ -6,7 +6,7 @@ Generates a Markdown corpus (bench/_rag_corpus.py) with a question set of known 
 documents, then, in one run, with the shipped configuration (configs/rag/project_docs.yaml:
 runtime, batch size, chunk tokens and overlap):
 
-1. end-to-end chunks/s of modelchain's ingestion (components/ingest.py) against a LangChain
+1. end-to-end chunks/s of modelchain's ingestion (pipelines/inprocess_ingest.py) against a LangChain
    ingestion of the same files with the same model: MarkdownHeaderTextSplitter, a
    token-sized RecursiveCharacterTextSplitter, HuggingFaceEmbeddings (fp32 torch) and
    langchain-milvus into Milvus Lite. Target >= 1.5x, with recall@5 of our collection
@@ -117,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from modelchain.bench._rag_corpus import generate_corpus
     from modelchain.components.embed.logic import embed_chunks
-    from modelchain.pipelines.inprocess_ingest import ingest
     from modelchain.components.upsert.logic import upsert_chunks
     from modelchain.core.embedder import default_model_path, make_embedder
     from modelchain.core.retriever import Retriever
     from modelchain.core.vectorstore import MilvusLiteStore
+    from modelchain.pipelines.inprocess_ingest import ingest
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rag-bench-"))
     corpus = workdir / "corpus"
