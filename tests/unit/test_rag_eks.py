@@ -5,8 +5,7 @@ import json
 import pytest
 import yaml
 
-from modelchain.core.config import ConfigError, compose
-from modelchain.core.config import load_group
+from modelchain.core.config import ConfigError, compose, load_group
 from modelchain.core.vectorstore import MilvusLiteStore, MilvusServerStore, open_store
 from modelchain.pipelines.compile import compile_pipeline
 
