@@ -101,7 +101,7 @@ class MilvusStore(ABC):
     """A Milvus collection of chunk rows with the schema in ``SCALAR_FIELDS`` plus ``vector``.
 
     The interface every vector store implements; an implementation says how to reach its
-    Milvus (``_connect``, ``_release``, ``uri_problem``). Connecting is deferred to the first
+    Milvus (``_connect``, ``_release``, ``uri_problem``, ``token_env``). Connecting is deferred to the first
     call that needs the server. Use it as a context manager, or call ``close()``.
     """
 
@@ -143,7 +143,13 @@ class MilvusStore(ABC):
     @classmethod
     def from_config(cls, milvus: "DictConfig", dim: int) -> "MilvusStore":
         """The collection of a typed ``rag.milvus`` config, vectors of ``dim`` values."""
-        return cls(milvus.uri, milvus.collection, dim, index_type=milvus.index_type, metric=milvus.metric)
+        return cls(milvus.uri, milvus.collection, dim, index_type=milvus.index_type, metric=milvus.metric,
+                   token=cls.token_from_env())
+
+    @classmethod
+    def token_from_env(cls) -> Optional[str]:
+        """The token in ``token_env`` (on a cluster, a secret mapped by name), or None."""
+        return (os.environ.get(cls.token_env) or None) if cls.token_env else None
 
     @classmethod
     @abstractmethod
@@ -473,12 +479,6 @@ class MilvusServerStore(MilvusStore):
     """A Milvus server or cluster at a URI (``http(s)://``, ``tcp://``, ``unix:``), with a token."""
 
     token_env = MILVUS_TOKEN_ENV
-
-    @classmethod
-    def from_config(cls, milvus: "DictConfig", dim: int) -> "MilvusStore":
-        """As the base, with the token from ``MILVUS_TOKEN`` (a secret by name on a cluster)."""
-        return cls(milvus.uri, milvus.collection, dim, index_type=milvus.index_type, metric=milvus.metric,
-                   token=os.environ.get(cls.token_env) or None)
 
     @classmethod
     def uri_problem(cls, uri: str) -> Optional[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any, Sequence
@@ -127,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     embedder = make_embedder(args.runtime, batch_size=args.batch_size)
     store_class = VECTOR_STORES[args.backend]
-    token = os.environ.get(store_class.token_env) if store_class.token_env else None
-    with store_class(args.milvus_uri, args.collection, embedder.dim, token=token or None) as store:
+    with store_class(args.milvus_uri, args.collection, embedder.dim, token=store_class.token_from_env()) as store:
         stats = ingest(
             args.source, store, embedder, args.include, (), args.chunk_tokens, args.overlap, args.write_rows
         )

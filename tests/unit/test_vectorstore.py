@@ -160,15 +160,17 @@ def test_uri_and_parameter_checks():
         MilvusStore("/tmp/x.db", "c", DIM)  # the interface; a store is one of VECTOR_STORES
 
 
-def test_the_config_picks_the_store_by_name(modelchain_home):
+def test_the_config_picks_the_store_by_name(modelchain_home, monkeypatch):
+    monkeypatch.setenv("MILVUS_TOKEN", "t0ken")
     local = compose("rag_ingest")
     assert local.rag.milvus.backend == "lite"
     with vectorstore.open_store(local.rag) as store:
         assert type(store) is MilvusLiteStore and store.uri == str(modelchain_home / "milvus.db")
+        assert store.token is None  # Milvus Lite takes no token
     eks = compose("rag_ingest", ["cluster=eks"])
     assert eks.rag.milvus.backend == "server"
     store = vectorstore.open_store(eks.rag)  # connects on first use only
-    assert type(store) is MilvusServerStore and store.uri == eks.cluster.milvus_uri
+    assert type(store) is MilvusServerStore and store.uri == eks.cluster.milvus_uri and store.token == "t0ken"
     assert set(vectorstore.VECTOR_STORES) == {"lite", "server"}
 
 
