@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 
-    from modelchain.eval.rag import Judge, make_metrics
+    from modelchain.eval.rag import OpenAIJudge, make_metrics
 
     rag_samples = make_samples(args.samples)
     with stub_judge(args.latency) as base_url:
-        metrics = make_metrics(Judge(base_url=base_url, model="stub-judge"))
+        metrics = make_metrics(OpenAIJudge(base_url=base_url, model="stub-judge"))
         run_ours(rag_samples[:2], metrics, args.concurrency)  # warm imports and connections
         base_s, base_scores = run_ragas_evaluate(rag_samples, metrics)
         ours_s, our_scores, failures = run_ours(rag_samples, metrics, args.concurrency)

@@ -6,7 +6,7 @@ Generates a Markdown corpus (bench/_rag_corpus.py) with a question set of known 
 documents, then, in one run, with the shipped configuration (configs/rag/project_docs.yaml:
 runtime, batch size, chunk tokens and overlap):
 
-1. end-to-end chunks/s of modelchain's ingestion (components/ingest.py) against a LangChain
+1. end-to-end chunks/s of modelchain's ingestion (pipelines/inprocess_ingest.py) against a LangChain
    ingestion of the same files with the same model: MarkdownHeaderTextSplitter, a
    token-sized RecursiveCharacterTextSplitter, HuggingFaceEmbeddings (fp32 torch) and
    langchain-milvus into Milvus Lite. Target >= 1.5x, with recall@5 of our collection
@@ -117,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from modelchain.bench._rag_corpus import generate_corpus
     from modelchain.components.embed.logic import embed_chunks
-    from modelchain.components.ingest import ingest
     from modelchain.components.upsert.logic import upsert_chunks
     from modelchain.core.embedder import default_model_path, make_embedder
     from modelchain.core.retriever import Retriever
-    from modelchain.core.vectorstore import MilvusStore
+    from modelchain.core.vectorstore import MilvusLiteStore
+    from modelchain.pipelines.inprocess_ingest import ingest
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rag-bench-"))
     corpus = workdir / "corpus"
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_tokenizer = AutoTokenizer.from_pretrained(model_path)
 
     # 1. end to end, each into its own Milvus Lite.
-    with MilvusStore(str(workdir / "ours.db"), "ours", ours.dim) as store:
+    with MilvusLiteStore(str(workdir / "ours.db"), "ours", ours.dim) as store:
         first = ingest(str(corpus), store, ours, ["**/*.md"], (), size["tokens"], size["overlap"], progress=False)
         ours_rate = first["chunks"] / first["total_s"]
         print(f"modelchain: {first['chunks']} chunks in {first['total_s']:.1f} s = {ours_rate:.1f} chunks/s "
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_hits = Retriever(store, ours).retrieve_many(texts, 5)
         recall_ours = recall_at_k([[h.source for h in hits] for hits in ours_hits], questions)
         fp32 = make_embedder("torch", emb["model"], emb["batch_size"])
-        with MilvusStore(str(workdir / "fp32.db"), "fp32", fp32.dim) as ref:
+        with MilvusLiteStore(str(workdir / "fp32.db"), "fp32", fp32.dim) as ref:
             upsert_chunks(ref, chunks, embed_chunks(chunks, fp32, progress=False))
             ref_hits = Retriever(ref, fp32).retrieve_many(texts, 5)
         recall_fp32 = recall_at_k([[h.source for h in hits] for hits in ref_hits], questions)

@@ -1,19 +1,25 @@
-"""Opening the Milvus store and the embedder the rag_ingest steps share, from the baked settings."""
+"""Opening the vector store and the embedder the rag_ingest steps share, from the typed ``rag`` config."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
-def open_store(settings: dict[str, Any]):
-    """The configured collection; on a cluster the token comes from MILVUS_TOKEN (a secret by name)."""
-    from modelchain.core.vectorstore import store_from_settings
+def open_store(rag: "DictConfig"):
+    """The configured collection, in the store ``rag.milvus.backend`` names (core.vectorstore).
 
-    return store_from_settings(settings)
+    A server's token comes from MILVUS_TOKEN (on a cluster, a secret mapped by name).
+    """
+    from modelchain.core.vectorstore import open_store as open_vector_store
+
+    return open_vector_store(rag)
 
 
-def open_embedder(settings: dict[str, Any]):
+def open_embedder(rag: "DictConfig"):
     """The embedder of ``rag.embedding``: runtime, model, batch size, endpoint."""
-    from modelchain.core.embedder import embedder_from_settings
+    from modelchain.core.embedder import embedder_from_config
 
-    return embedder_from_settings(settings)
+    return embedder_from_config(rag.embedding)

@@ -19,7 +19,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 PIPELINES = ("finetune", "rag_ingest")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 NEMO_LORA_TARGETS = ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
-EMBEDDING_RUNTIMES = ("torch", "onnx", "onnx-int8", "openai")  # as in core/embedder.py
 
 
 class ConfigError(ValueError):
@@ -292,7 +291,10 @@ class RagSourceConfig:
 
 @dataclass
 class MilvusConfig:
-    uri: str = MISSING  # a Milvus Lite path locally, http(s)://... for a cluster
+    # The vector store, by name (core.vectorstore.VECTOR_STORES): lite | server. The rag
+    # options take it from cluster.milvus_backend, beside cluster.milvus_uri.
+    backend: str = "lite"
+    uri: str = MISSING  # a Milvus Lite path (lite), http(s)://... (server)
     collection: str = MISSING
     token_secret: Optional[str] = None  # Kubernetes secret name holding the token
     index_type: str = "AUTOINDEX"
@@ -503,6 +505,7 @@ class ClusterConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     milvus_uri: str = MISSING
+    milvus_backend: str = "lite"  # the vector store at milvus_uri: lite | server (core.vectorstore)
     training: TrainingClusterConfig = field(default_factory=TrainingClusterConfig)
     fsx: FsxConfig = field(default_factory=FsxConfig)
     karpenter: KarpenterConfig = field(default_factory=KarpenterConfig)
@@ -636,7 +639,7 @@ GATE_METRICS = (
 # Lists with an owner elsewhere (data formats, gate metrics, LoRA targets, ...) are checked by
 # that owner: each module named here has `check_config(cfg, need)`. They are imported by name
 # because core sits below them in the dependency rule; each must stay light (no torch, no kfp).
-OWNER_CHECKS: tuple[str, ...] = ()
+OWNER_CHECKS: tuple[str, ...] = ("modelchain.core.vectorstore", "modelchain.core.embedder")
 
 
 def _need(ok: bool, key: str, why: str) -> None:
@@ -703,14 +706,6 @@ def _validate(cfg: DictConfig) -> None:
         _validate_serve_canary(cfg.serve, need)
     rag = cfg.rag
     need(rag.chunk.overlap < rag.chunk.tokens, "rag.chunk.overlap", "must be smaller than rag.chunk.tokens")
-    need(rag.milvus.metric in ("COSINE", "IP", "L2"), "rag.milvus.metric", f"must be COSINE, IP or L2, got {rag.milvus.metric!r}")
-    embedding = rag.embedding
-    need(embedding.runtime in EMBEDDING_RUNTIMES, "rag.embedding.runtime",
-         f"must be one of {', '.join(EMBEDDING_RUNTIMES)}, got {embedding.runtime!r}")
-    need(embedding.runtime != "openai" or bool(embedding.endpoint), "rag.embedding.endpoint",
-         "runtime openai needs an OpenAI-compatible base URL")
-    need(embedding.dtype in ("float32", "bfloat16"), "rag.embedding.dtype", f"must be float32 or bfloat16, got {embedding.dtype!r}")
-    need(embedding.batch_size >= 1, "rag.embedding.batch_size", "must be >= 1")
 
 
 def _validate_serve_canary(serve: DictConfig, need) -> None:

@@ -24,10 +24,11 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
+    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -385,20 +386,30 @@ def make_embedder(
     raise ValueError(f"unknown embedding runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
 
 
-def embedder_from_settings(settings: Mapping[str, Any]) -> BaseEmbedder:
-    """The embedder of a resolved config's ``rag.embedding``."""
-    embedding = settings["rag"]["embedding"]
+def embedder_from_config(embedding: "DictConfig") -> BaseEmbedder:
+    """The embedder of a typed ``rag.embedding`` config (its schema fills every default)."""
     return make_embedder(
-        runtime=embedding.get("runtime", "torch"),
-        model_path=embedding.get("model"),
-        batch_size=embedding.get("batch_size", 64),
-        normalize=embedding.get("normalize", True),
-        dtype=embedding.get("dtype", "float32"),
-        endpoint=embedding.get("endpoint"),
-        name=embedding.get("name", ""),
-        dim=embedding.get("dim", 384),
-        api_key_env=embedding.get("api_key_env", "OPENAI_API_KEY"),
+        runtime=embedding.runtime,
+        model_path=embedding.model,
+        batch_size=embedding.batch_size,
+        normalize=embedding.normalize,
+        dtype=embedding.dtype,
+        endpoint=embedding.endpoint,
+        name=embedding.name,
+        dim=embedding.dim,
+        api_key_env=embedding.api_key_env,
     )
+
+
+def check_config(cfg: "DictConfig", need: Callable[[bool, str, str], None]) -> None:
+    """The ``rag.embedding`` checks (core.config.OWNER_CHECKS): the runtimes are this module's list."""
+    embedding = cfg.rag.embedding
+    need(embedding.runtime in RUNTIMES, "rag.embedding.runtime",
+         f"must be one of {', '.join(RUNTIMES)}, got {embedding.runtime!r}")
+    need(embedding.runtime != "openai" or bool(embedding.endpoint), "rag.embedding.endpoint",
+         "runtime openai needs an OpenAI-compatible base URL")
+    need(embedding.dtype in ("float32", "bfloat16"), "rag.embedding.dtype", f"must be float32 or bfloat16, got {embedding.dtype!r}")
+    need(embedding.batch_size >= 1, "rag.embedding.batch_size", "must be >= 1")
 
 
 # ----------------------------------------------------------------------------- ONNX export

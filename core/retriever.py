@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING
 
-from modelchain.core.embedder import BaseEmbedder, Embedder
+from modelchain.core.embedder import BaseEmbedder
 from modelchain.core.vectorstore import MilvusStore
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 @dataclass(frozen=True)
@@ -29,35 +32,16 @@ class Retriever:
         self._owns_store = owns_store
 
     @classmethod
-    def from_config(
-        cls,
-        uri: str,
-        collection: str,
-        model_path: str | None = None,
-        dim: int = 384,
-        metric: str = "COSINE",
-        index_type: str = "AUTOINDEX",
-        token: str | None = None,
-    ) -> "Retriever":
-        """A retriever over an existing collection; ``close()`` it (or use ``with``) when done.
+    def open(cls, rag: "DictConfig") -> "Retriever":
+        """A retriever over the collection of a typed ``rag`` config; ``close()`` it (or use ``with``).
 
-        ``model_path`` must name the model the collection was ingested with (None: the
-        packaged all-MiniLM-L6-v2).
+        Opens the vector store (``rag.milvus.backend``) and the embedder (``rag.embedding``:
+        runtime, model) exactly as the ingest steps do, so evaluation reads what ingestion wrote.
         """
-        store = MilvusStore(uri, collection, dim, index_type=index_type, metric=metric, token=token)
-        return cls(store, Embedder(model_path), owns_store=True)
+        from modelchain.core.embedder import embedder_from_config
+        from modelchain.core.vectorstore import open_store
 
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> "Retriever":
-        """A retriever over the collection of a resolved rag_ingest config (``rag`` key).
-
-        Opens the store and the embedder exactly as the ingest steps do (runtime, model,
-        token from ``MILVUS_TOKEN``), so evaluation reads what ingestion wrote.
-        """
-        from modelchain.core.embedder import embedder_from_settings
-        from modelchain.core.vectorstore import store_from_settings
-
-        return cls(store_from_settings(settings), embedder_from_settings(settings), owns_store=True)
+        return cls(open_store(rag), embedder_from_config(rag.embedding), owns_store=True)
 
     def retrieve(self, question: str, k: int = 5) -> list[Hit]:
         """The ``k`` best chunks for ``question``, best first."""

@@ -1,4 +1,14 @@
-"""The Milvus collection that holds RAG chunks: Milvus Lite (a local ``.db`` folder) or a cluster.
+"""The vector store that holds RAG chunks: one interface, one implementation per place.
+
+``MilvusStore`` is the interface (and the code both implementations share, since both talk
+to Milvus through ``pymilvus.MilvusClient``); ``VECTOR_STORES`` names the implementations:
+
+- ``lite``: Milvus Lite, a local ``.db`` folder served from inside this process (a laptop, CI);
+- ``server``: a Milvus server or cluster at an ``http(s)://`` URI, the token from ``MILVUS_TOKEN``.
+
+The config picks one by name, ``rag.milvus.backend`` (filled from ``cluster.milvus_backend``,
+beside ``cluster.milvus_uri``); ``open_store(rag)`` opens it. Adding a store is one class
+here and one line in ``VECTOR_STORES`` (plus a cluster option that names it).
 
 One row per chunk. The primary key is derived from the chunk's source and content, so
 writing the same chunk twice is idempotent, and ``doc_hash`` lets an ingest run tell
@@ -13,11 +23,13 @@ import os
 import re
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
+    from omegaconf import DictConfig
 
 # Field name -> (Milvus data type, max length in bytes for VARCHAR fields).
 SCALAR_FIELDS: dict[str, tuple[str, int | None]] = {
@@ -80,31 +92,22 @@ def is_local_uri(uri: str) -> bool:
 MILVUS_TOKEN_ENV = "MILVUS_TOKEN"
 
 
-def store_from_settings(settings: Mapping[str, Any]) -> "MilvusStore":
-    """The collection of a resolved config's ``rag.milvus``; the token from ``MILVUS_TOKEN``."""
-    rag = settings["rag"]
-    milvus = rag["milvus"]
-    return MilvusStore(
-        milvus["uri"],
-        milvus["collection"],
-        rag["embedding"]["dim"],
-        index_type=milvus["index_type"],
-        metric=milvus["metric"],
-        token=os.environ.get(MILVUS_TOKEN_ENV) or None,
-    )
-
-
 def milvus_string(value: str) -> str:
     """``value`` as a quoted Milvus filter literal (JSON escaping matches Milvus' rules)."""
     return json.dumps(value, ensure_ascii=False)
 
 
-class MilvusStore:
+class MilvusStore(ABC):
     """A Milvus collection of chunk rows with the schema in ``SCALAR_FIELDS`` plus ``vector``.
 
-    Connecting is deferred to the first call that needs the server. Use it as a context
-    manager, or call ``close()``: for Milvus Lite that also stops the local server.
+    The interface every vector store implements; an implementation says how to reach its
+    Milvus (``_connect``, ``_release``, ``uri_problem``, ``token_env``). Connecting is deferred to the first
+    call that needs the server. Use it as a context manager, or call ``close()``.
     """
+
+    local = False  # served from inside this process (no network)
+    token_env: Optional[str] = None  # the environment variable its token arrives in, if it takes one
+    waits_for_index = True  # create_index(sync=True) returns once the collection is searchable
 
     def __init__(
         self,
@@ -121,12 +124,10 @@ class MilvusStore:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
-        self.local = is_local_uri(uri)
-        if self.local:
-            if not uri.endswith(".db"):
-                raise ValueError(f"a Milvus Lite path must end with .db, got {uri!r}")
-            uri = os.path.abspath(uri)
-        self.uri = uri
+        problem = self.uri_problem(uri)
+        if problem:
+            raise ValueError(problem)
+        self.uri = self._normalized_uri(uri)
         self.collection = collection
         self.dim = dim
         self.index_type = index_type.upper()
@@ -137,42 +138,48 @@ class MilvusStore:
         self._ready = False
         self._marked_dirty = False
 
-    # -- connection ------------------------------------------------------------------
+    # -- configuration and connection --------------------------------------------------
+
+    @classmethod
+    def from_config(cls, milvus: "DictConfig", dim: int) -> "MilvusStore":
+        """The collection of a typed ``rag.milvus`` config, vectors of ``dim`` values."""
+        return cls(milvus.uri, milvus.collection, dim, index_type=milvus.index_type, metric=milvus.metric,
+                   token=cls.token_from_env())
+
+    @classmethod
+    def token_from_env(cls) -> Optional[str]:
+        """The token in ``token_env`` (on a cluster, a secret mapped by name), or None."""
+        return (os.environ.get(cls.token_env) or None) if cls.token_env else None
+
+    @classmethod
+    @abstractmethod
+    def uri_problem(cls, uri: str) -> Optional[str]:
+        """Why this store cannot open ``uri`` (a sentence naming it), or None."""
+
+    def _normalized_uri(self, uri: str) -> str:
+        return uri
+
+    @abstractmethod
+    def _connect(self) -> Any:
+        """A new ``pymilvus.MilvusClient`` for ``self.uri``."""
+
+    def _release(self) -> None:
+        """What closing leaves to do once the client is closed."""
 
     @property
     def client(self) -> Any:
         """The connected ``pymilvus.MilvusClient``."""
         if self._client is None:
-            from pymilvus import MilvusClient
-
-            if self.local:
-                Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-                iterator_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
-                if not any(isinstance(f, _LiteIteratorNotice) for f in iterator_log.filters):
-                    iterator_log.addFilter(_LiteIteratorNotice())
-                with _lite_lock:
-                    self._client = MilvusClient(self.uri)
-                    _lite_open[self.uri] = _lite_open.get(self.uri, 0) + 1
-            else:
-                self._client = MilvusClient(self.uri, token=self.token or "")
+            self._client = self._connect()
         return self._client
 
     def close(self) -> None:
-        """Disconnect; for Milvus Lite, stop the local server once no store uses it."""
+        """Disconnect (for Milvus Lite, stop the local server once no store uses it)."""
         if self._client is None:
             return
         client, self._client, self._ready = self._client, None, False
         client.close()
-        if self.local:
-            with _lite_lock:
-                remaining = _lite_open.get(self.uri, 1) - 1
-                if remaining > 0:
-                    _lite_open[self.uri] = remaining
-                    return
-                _lite_open.pop(self.uri, None)
-                from milvus_lite.server_manager import server_manager_instance
-
-                server_manager_instance.release_server(self.uri)
+        self._release()
 
     def __enter__(self) -> "MilvusStore":
         return self
@@ -209,9 +216,8 @@ class MilvusStore:
         )
         # Strong consistency: verify reads right after upsert must see every write.
         self.client.create_collection(self.collection, schema=schema, consistency_level="Strong")
-        # Milvus Lite builds indexes at once and cannot be waited on (the wait logs a server
-        # error there); a server is waited on, so the collection is searchable on return.
-        self.client.create_index(self.collection, index_params, sync=not self.local)
+        # A store that can be waited on is, so the collection is searchable on return.
+        self.client.create_index(self.collection, index_params, sync=self.waits_for_index)
         self.client.load_collection(self.collection)
         self._ready = True
         return True
@@ -427,6 +433,95 @@ class MilvusStore:
             consistency_level="Strong",
         )
         return [[_hit_dict(hit) for hit in hits] for hits in results]
+
+
+class MilvusLiteStore(MilvusStore):
+    """Milvus Lite: a local ``.db`` folder, served by a Milvus inside this process."""
+
+    local = True
+    # Milvus Lite builds indexes at once and cannot be waited on (the wait logs a server error).
+    waits_for_index = False
+
+    @classmethod
+    def uri_problem(cls, uri: str) -> Optional[str]:
+        if not is_local_uri(uri) or not uri.endswith(".db"):
+            return f"a Milvus Lite path must end with .db, got {uri!r}"
+        return None
+
+    def _normalized_uri(self, uri: str) -> str:
+        return os.path.abspath(uri)
+
+    def _connect(self) -> Any:
+        from pymilvus import MilvusClient
+
+        Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+        iterator_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
+        if not any(isinstance(f, _LiteIteratorNotice) for f in iterator_log.filters):
+            iterator_log.addFilter(_LiteIteratorNotice())
+        with _lite_lock:
+            client = MilvusClient(self.uri)
+            _lite_open[self.uri] = _lite_open.get(self.uri, 0) + 1
+        return client
+
+    def _release(self) -> None:
+        with _lite_lock:
+            remaining = _lite_open.get(self.uri, 1) - 1
+            if remaining > 0:
+                _lite_open[self.uri] = remaining
+                return
+            _lite_open.pop(self.uri, None)
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
+
+
+class MilvusServerStore(MilvusStore):
+    """A Milvus server or cluster at a URI (``http(s)://``, ``tcp://``, ``unix:``), with a token."""
+
+    token_env = MILVUS_TOKEN_ENV
+
+    @classmethod
+    def uri_problem(cls, uri: str) -> Optional[str]:
+        if is_local_uri(uri):
+            return f"a Milvus server URI starts with http://, https://, tcp:// or unix:, got {uri!r}"
+        return None
+
+    def _connect(self) -> Any:
+        from pymilvus import MilvusClient
+
+        return MilvusClient(self.uri, token=self.token or "")
+
+
+# The vector stores by the name `rag.milvus.backend` gives.
+VECTOR_STORES: dict[str, type[MilvusStore]] = {"lite": MilvusLiteStore, "server": MilvusServerStore}
+
+
+def store_class(backend: str) -> type[MilvusStore]:
+    """The implementation registered as ``backend``; a ConfigError naming the key if none is."""
+    try:
+        return VECTOR_STORES[backend]
+    except KeyError:
+        from modelchain.core.config import ConfigError
+
+        raise ConfigError(
+            f"rag.milvus.backend: unknown vector store {backend!r}; registered: {', '.join(VECTOR_STORES)}"
+        ) from None
+
+
+def open_store(rag: "DictConfig") -> MilvusStore:
+    """The collection of a typed ``rag`` config: ``rag.milvus`` picks the store, ``rag.embedding.dim`` the size."""
+    return store_class(rag.milvus.backend).from_config(rag.milvus, rag.embedding.dim)
+
+
+def check_config(cfg: "DictConfig", need: Callable[[bool, str, str], None]) -> None:
+    """The ``rag.milvus`` checks (core.config.OWNER_CHECKS): a registered store that can open the URI."""
+    milvus = cfg.rag.milvus
+    need(milvus.backend in VECTOR_STORES, "rag.milvus.backend",
+         f"unknown vector store {milvus.backend!r}; registered: {', '.join(VECTOR_STORES)}")
+    if milvus.backend in VECTOR_STORES:
+        problem = VECTOR_STORES[milvus.backend].uri_problem(milvus.uri)
+        need(problem is None, "rag.milvus.uri", f"{problem} (rag.milvus.backend is {milvus.backend})")
+    need(milvus.metric in METRICS, "rag.milvus.metric", f"must be COSINE, IP or L2, got {milvus.metric!r}")
 
 
 def _hit_dict(hit: Any) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """RAG scoring with ragas: retrieve contexts from Milvus, answer with each adapter, score the answers.
 
-With a judge (any OpenAI-compatible endpoint: vLLM, LiteLLM, ...) the LLM-judged metrics
-faithfulness, answer relevancy, context precision and context recall; without one, the
-offline metrics (non-LLM context precision/recall against the reference answer, string
-similarity, ROUGE, BLEU, exact match).
+The judge is a seam (``JudgeEndpoint``, registered in ``JUDGES``, picked by ``open_judge``
+from the typed ``eval`` config): with an endpoint (``openai``: any OpenAI-compatible one,
+vLLM, LiteLLM, ...) the LLM-judged metrics faithfulness, answer relevancy, context precision
+and context recall; without one (``offline``: ``eval.judge_base_url`` empty), the offline
+metrics (non-LLM context precision/recall against the reference answer, string similarity,
+ROUGE, BLEU, exact match).
 
 Every (sample, metric) pair is one task; at most `concurrency` run at once (an asyncio
 semaphore), each attempt is bounded by `timeout_s`, and a failed task is retried `retries`
@@ -16,18 +18,79 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 JUDGED = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
 OFFLINE = ("context_precision", "context_recall", "string_similarity", "rouge", "bleu", "exact_match")
 
 
+class JudgeEndpoint(ABC):
+    """Who scores the answers: an LLM judge endpoint, or no judge (offline string metrics).
+
+    Implementations are registered in ``JUDGES`` by name; ``open_judge(ev)`` picks one from
+    the typed ``eval`` config. Each gives the ragas metrics it scores with and the limits
+    (concurrency, per-attempt timeout, retries) ``score`` runs them under.
+    """
+
+    mode = ""  # what the report calls it: llm | offline
+    concurrency: int
+    timeout_s: float
+    retries: int
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, ev: "DictConfig") -> "JudgeEndpoint":
+        """The judge of a typed ``eval`` config."""
+
+    @abstractmethod
+    def metrics(self, embedding_model: str | None = None) -> dict[str, Any]:
+        """ragas metric objects by name."""
+
+    def limits(self) -> dict[str, Any]:
+        return {"concurrency": self.concurrency, "timeout_s": self.timeout_s, "retries": self.retries}
+
+
 @dataclass(frozen=True)
-class Judge:
-    """Where the LLM judge is and how hard to push it."""
+class OfflineJudge(JudgeEndpoint):
+    """No judge: non-LLM context precision/recall against the reference, string similarity,
+    ROUGE, BLEU and exact match. Nothing leaves the machine."""
+
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    retries: int = 2
+    mode = "offline"
+
+    @classmethod
+    def from_config(cls, ev: "DictConfig") -> "OfflineJudge":
+        return cls()
+
+    def metrics(self, embedding_model: str | None = None) -> dict[str, Any]:
+        from ragas.metrics._bleu_score import BleuScore
+        from ragas.metrics._context_precision import NonLLMContextPrecisionWithReference
+        from ragas.metrics._context_recall import NonLLMContextRecall
+        from ragas.metrics._rouge_score import RougeScore
+        from ragas.metrics._string import ExactMatch, NonLLMStringSimilarity
+
+        return {
+            "context_precision": NonLLMContextPrecisionWithReference(),
+            "context_recall": NonLLMContextRecall(),
+            "string_similarity": NonLLMStringSimilarity(),
+            "rouge": RougeScore(),
+            "bleu": BleuScore(),
+            "exact_match": ExactMatch(),
+        }
+
+
+@dataclass(frozen=True)
+class OpenAIJudge(JudgeEndpoint):
+    """An OpenAI-compatible judge endpoint (vLLM, LiteLLM, ...) and how hard to push it."""
 
     base_url: str
     model: str
@@ -35,17 +98,48 @@ class Judge:
     concurrency: int = 8
     timeout_s: float = 60.0
     retries: int = 2
+    mode = "llm"
 
     @classmethod
-    def from_config(cls, ev: Mapping) -> "Judge | None":
-        if not ev.get("judge_base_url"):
-            return None
+    def from_config(cls, ev: "DictConfig") -> "OpenAIJudge":
+        """The endpoint of ``eval.judge_*``; the key from the variable ``eval.judge_api_key_env`` names."""
         return cls(
-            base_url=ev["judge_base_url"], model=ev["judge_model"],
-            api_key=os.environ.get(ev.get("judge_api_key_env") or "JUDGE_API_KEY", "none"),
-            concurrency=int(ev.get("judge_concurrency", 8)), timeout_s=float(ev.get("judge_timeout_s", 60.0)),
-            retries=int(ev.get("judge_retries", 2)),
+            base_url=ev.judge_base_url, model=ev.judge_model,
+            api_key=os.environ.get(ev.judge_api_key_env, "none"),
+            concurrency=ev.judge_concurrency, timeout_s=float(ev.judge_timeout_s), retries=ev.judge_retries,
         )
+
+    def metrics(self, embedding_model: str | None = None) -> dict[str, Any]:
+        """Faithfulness, answer relevancy, context precision and recall, judged by the endpoint."""
+        from openai import AsyncOpenAI
+        from ragas.llms import llm_factory
+        from ragas.metrics import Faithfulness, LLMContextPrecisionWithReference, LLMContextRecall, ResponseRelevancy
+
+        # Retries and timeouts are ours (per task), so the client itself does not retry.
+        client = AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0)
+        llm = llm_factory(self.model, provider="openai", client=client)
+        embeddings = _JudgeEmbeddings(self, embedding_model or self.model)
+        return {
+            "faithfulness": Faithfulness(llm=llm),
+            "answer_relevancy": ResponseRelevancy(llm=llm, embeddings=embeddings),
+            "context_precision": LLMContextPrecisionWithReference(llm=llm),
+            "context_recall": LLMContextRecall(llm=llm),
+        }
+
+
+# The judges by name. The config names one through eval.judge_base_url: empty = offline
+# (no judge), a URL = openai (the endpoint at that URL); see `judge_name`.
+JUDGES: dict[str, type[JudgeEndpoint]] = {"offline": OfflineJudge, "openai": OpenAIJudge}
+
+
+def judge_name(ev: "DictConfig") -> str:
+    """The registered judge a typed ``eval`` config asks for: ``openai`` with a judge_base_url, else ``offline``."""
+    return "openai" if ev.judge_base_url else "offline"
+
+
+def open_judge(ev: "DictConfig") -> JudgeEndpoint:
+    """The judge of a typed ``eval`` config."""
+    return JUDGES[judge_name(ev)].from_config(ev)
 
 
 @dataclass
@@ -67,7 +161,7 @@ class Scores:
 class _JudgeEmbeddings:
     """The judge endpoint's /embeddings in the shape ragas' answer relevancy calls (sync)."""
 
-    def __init__(self, judge: Judge, model: str) -> None:
+    def __init__(self, judge: "OpenAIJudge", model: str) -> None:
         from openai import OpenAI
 
         self._client = OpenAI(base_url=judge.base_url, api_key=judge.api_key, timeout=judge.timeout_s, max_retries=judge.retries)
@@ -81,37 +175,9 @@ class _JudgeEmbeddings:
         return self.embed_documents([text])[0]
 
 
-def make_metrics(judge: Judge | None, embedding_model: str | None = None) -> dict[str, Any]:
-    """ragas metric objects by name: LLM-judged with a judge, offline without."""
-    if judge is None:
-        from ragas.metrics._bleu_score import BleuScore
-        from ragas.metrics._context_precision import NonLLMContextPrecisionWithReference
-        from ragas.metrics._context_recall import NonLLMContextRecall
-        from ragas.metrics._rouge_score import RougeScore
-        from ragas.metrics._string import ExactMatch, NonLLMStringSimilarity
-
-        return {
-            "context_precision": NonLLMContextPrecisionWithReference(),
-            "context_recall": NonLLMContextRecall(),
-            "string_similarity": NonLLMStringSimilarity(),
-            "rouge": RougeScore(),
-            "bleu": BleuScore(),
-            "exact_match": ExactMatch(),
-        }
-    from openai import AsyncOpenAI
-    from ragas.llms import llm_factory
-    from ragas.metrics import Faithfulness, LLMContextPrecisionWithReference, LLMContextRecall, ResponseRelevancy
-
-    # Retries and timeouts are ours (per task), so the client itself does not retry.
-    client = AsyncOpenAI(base_url=judge.base_url, api_key=judge.api_key, timeout=judge.timeout_s, max_retries=0)
-    llm = llm_factory(judge.model, provider="openai", client=client)
-    embeddings = _JudgeEmbeddings(judge, embedding_model or judge.model)
-    return {
-        "faithfulness": Faithfulness(llm=llm),
-        "answer_relevancy": ResponseRelevancy(llm=llm, embeddings=embeddings),
-        "context_precision": LLMContextPrecisionWithReference(llm=llm),
-        "context_recall": LLMContextRecall(llm=llm),
-    }
+def make_metrics(judge: JudgeEndpoint | None, embedding_model: str | None = None) -> dict[str, Any]:
+    """ragas metric objects by name: the judge's, or the offline ones without a judge."""
+    return (judge or OfflineJudge()).metrics(embedding_model)
 
 
 def samples(questions: Sequence[str], answers: Sequence[str], contexts: Sequence[Sequence[str]],
@@ -167,36 +233,33 @@ def rag_prompt(question: str, contexts: Sequence[str]) -> list[dict]:
             {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
 
 
-def score_rag_for_sides(settings: Mapping, rows: Sequence[dict], base_dir: str | Path, sides: Mapping[str, Path],
-                        retriever=None) -> dict:
+def score_rag_for_sides(ev: "DictConfig", rag: "DictConfig", rows: Sequence[dict], base_dir: str | Path,
+                        sides: Mapping[str, Path], retriever=None) -> dict:
     """Retrieve contexts for each row's question, answer with each side's adapter, score the answers.
 
-    ``rows`` are chat rows (the last user message is the question, the last message the
-    reference); ``sides`` maps a side ("challenger", "champion") to its adapter folder.
-    Returns a report-ready summary: mode, sample count, means and failure counts per side.
+    ``ev`` and ``rag`` are the typed ``eval`` and ``rag`` configs: the retriever opens the
+    collection ``rag`` names as the ingest did, the judge is ``open_judge(ev)``. ``rows`` are
+    chat rows (the last user message is the question, the last message the reference);
+    ``sides`` maps a side ("challenger", "champion") to its adapter folder. Returns a
+    report-ready summary: mode, sample count, means and failure counts per side.
     """
     from modelchain.eval.generation import generate
 
-    ev, rag = settings["eval"], settings["rag"]
     questions = [row["messages"][-2]["content"] for row in rows]
     references = [row["messages"][-1]["content"] for row in rows]
     if retriever is None:
         from modelchain.core.retriever import Retriever
 
-        retriever = Retriever.from_config(
-            rag["milvus"]["uri"], rag["milvus"]["collection"], model_path=rag["embedding"]["model"],
-            dim=rag["embedding"]["dim"], metric=rag["milvus"]["metric"], index_type=rag["milvus"]["index_type"],
-        )
+        retriever = Retriever.open(rag)
     with retriever:
-        contexts = [[h.text for h in hits] for hits in retriever.retrieve_many(questions, ev["rag_top_k"])]
-    judge = Judge.from_config(ev)
-    metrics = make_metrics(judge)
-    limits = {"concurrency": judge.concurrency, "timeout_s": judge.timeout_s, "retries": judge.retries} if judge else {}
-    out = {"mode": "llm" if judge else "offline", "samples": len(rows), "means": {}, "failures": {}, "errors": []}
+        contexts = [[h.text for h in hits] for hits in retriever.retrieve_many(questions, ev.rag_top_k)]
+    judge = open_judge(ev)
+    metrics = judge.metrics()
+    out = {"mode": judge.mode, "samples": len(rows), "means": {}, "failures": {}, "errors": []}
     for side, adapter in sides.items():
         answers = generate(base_dir, [rag_prompt(q, c) for q, c in zip(questions, contexts)], adapter_dir=adapter,
-                           max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"])
-        result = score(samples(questions, answers, contexts, references), metrics, **limits)
+                           max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+        result = score(samples(questions, answers, contexts, references), metrics, **judge.limits())
         out["means"][side] = result.means()
         out["failures"][side] = result.failures
         out["errors"] += [f"{side}: {e}" for e in result.errors]

@@ -12,10 +12,10 @@ from modelchain.components.embed.component import embed
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.upsert.component import upsert
 from modelchain.components.verify.component import verify
-from modelchain.core.config import ConfigError, component_image, parameter_values
-from modelchain.pipelines.build import place, run_parameters, settings_json
+from modelchain.core.config import ConfigError, component_image, group_json, parameter_values
+from modelchain.core.vectorstore import MILVUS_TOKEN_ENV, store_class
+from modelchain.pipelines.build import place, run_parameters
 
-MILVUS_TOKEN_ENV = "MILVUS_TOKEN"  # what core.vectorstore.store_from_settings reads
 MILVUS_TOKEN_SECRET_KEY = "token"  # the key in the secret named by rag.milvus.token_secret
 
 
@@ -23,7 +23,7 @@ def build(cfg: DictConfig):
     """The pipeline function for `cfg`; the corpus URI is a run-time parameter."""
     from kfp import dsl
 
-    settings = settings_json(cfg)
+    rag = group_json(cfg, "rag")
     token_secret = milvus_token_secret(cfg)
     discover_op, chunk_op, embed_op, upsert_op, verify_op = (
         make_component(fn, component_image(cfg.cluster)) for fn in (discover, chunk, embed, upsert, verify)
@@ -31,16 +31,17 @@ def build(cfg: DictConfig):
     cluster = cfg.cluster
 
     def body(params: dict):
-        found = place(discover_op(settings=settings, source_uri=params["source_uri"]), cluster)
+        found = place(discover_op(rag=rag, source_uri=params["source_uri"]), cluster)
         # Chunking is a pure function of the manifest (which holds each document's content
-        # hash), so a cached result is never stale.
-        parts = place(chunk_op(settings=settings, manifest=found.outputs["manifest"]), cluster, cache=True)
+        # hash, and chunk refuses a document whose bytes no longer match it), so a cached
+        # result is never stale.
+        parts = place(chunk_op(rag=rag, manifest=found.outputs["manifest"]), cluster, cache=True)
         # The steps that open the collection get the token from the secret, by name.
-        vectors = with_token(place(embed_op(settings=settings, chunks=parts.outputs["chunks"]), cluster), token_secret)
+        vectors = with_token(place(embed_op(rag=rag, chunks=parts.outputs["chunks"]), cluster), token_secret)
         written = with_token(
-            place(upsert_op(settings=settings, embeddings=vectors.outputs["embeddings"]), cluster), token_secret
+            place(upsert_op(rag=rag, embeddings=vectors.outputs["embeddings"]), cluster), token_secret
         )
-        with_token(place(verify_op(settings=settings, chunks=parts.outputs["chunks"]), cluster), token_secret).after(written)
+        with_token(place(verify_op(rag=rag, chunks=parts.outputs["chunks"]), cluster), token_secret).after(written)
 
     return dsl.pipeline(
         run_parameters("rag_ingest", cfg, body),
@@ -55,15 +56,16 @@ def parameters(cfg: DictConfig) -> dict:
 
 
 def milvus_token_secret(cfg: DictConfig) -> Optional[str]:
-    """The secret to add for MILVUS_TOKEN on EKS, or None when there is none or
-    cluster.secret_env already maps it from that secret.
+    """The secret to add for MILVUS_TOKEN, or None when there is none, the configured vector
+    store takes no token, or cluster.secret_env already maps it from that secret. (Secrets
+    are Kubernetes placement: kfp.local ignores them.)
 
     A cluster.secret_env entry that fills MILVUS_TOKEN from another secret is a conflict:
     the pod would get the variable twice.
     """
     name = cfg.rag.milvus.token_secret
-    if cfg.cluster.kind != "eks" or not name:
-        return None
+    if not name or store_class(cfg.rag.milvus.backend).token_env is None:
+        return None  # a store served from inside the step (Milvus Lite) takes no token
     mapped = {item.secret_name for item in cfg.cluster.secret_env if item.env == MILVUS_TOKEN_ENV}
     if mapped - {name}:
         raise ConfigError(

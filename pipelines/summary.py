@@ -55,10 +55,10 @@ def _canary(client, name: str) -> list[str]:
 
 
 def _rag_ingest(cfg: DictConfig) -> str:
-    from modelchain.core.vectorstore import MilvusStore
+    from modelchain.core.vectorstore import open_store
 
     milvus = cfg.rag.milvus
-    store = MilvusStore(milvus.uri, milvus.collection, cfg.rag.embedding.dim, milvus.index_type, milvus.metric)
+    store = open_store(cfg.rag)
     try:
         count = store.count()
     finally:
@@ -66,8 +66,8 @@ def _rag_ingest(cfg: DictConfig) -> str:
     return "\n".join(
         [
             f"rag_ingest: Milvus collection {milvus.collection!r} at {milvus.uri}: {count} chunks",
-            "  look: python -c \"from modelchain.core.retriever import Retriever; "
-            f"r = Retriever.from_config('{milvus.uri}', '{milvus.collection}'); "
+            "  look: python -c \"from modelchain.core.config import compose; from modelchain.core.retriever import Retriever; "
+            "r = Retriever.open(compose('rag_ingest').rag); "
             "print(r.retrieve('How do I run the tests?', k=3))\"",
         ]
     )

@@ -3,19 +3,13 @@
 from kfp.dsl import Dataset, Input, Output
 
 
-def chunk(settings: str, manifest: Input[Dataset], chunks: Output[Dataset], quarantine: Output[Dataset]):
-    """Parse and chunk every document (heading-aware, token-sized); unreadable files are quarantined."""
-    import json
-
-    from modelchain.components.chunk.logic import chunk_documents
-    from modelchain.components.rag_settings import open_embedder
+def chunk(rag: str, manifest: Input[Dataset], chunks: Output[Dataset], quarantine: Output[Dataset]):
+    """Parse and chunk every document (heading-aware, token-sized); unreadable or changed files are quarantined."""
+    from modelchain.components.chunk.logic import chunk_corpus
+    from modelchain.core.config import load_group
     from modelchain.core.io import atomic_write_jsonl, read_jsonl
 
-    config = json.loads(settings)
-    size = config["rag"]["chunk"]
-    kept, refused = chunk_documents(
-        read_jsonl(manifest.path), open_embedder(config).tokenizer, size["tokens"], size["overlap"]
-    )
+    kept, refused = chunk_corpus(load_group("rag", rag), read_jsonl(manifest.path))
     atomic_write_jsonl(chunks.path, kept)
     atomic_write_jsonl(quarantine.path, refused)
     chunks.metadata["chunks"] = len(kept)

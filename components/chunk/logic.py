@@ -16,10 +16,14 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from modelchain.core.corpus import DocumentChanged, DocumentReader
 from modelchain.core.io import sha256_bytes, sha256_text
 from modelchain.core.progress import progress_bar
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
@@ -70,7 +74,9 @@ def chunk_documents(
     hash), ``source``, ``uri``, ``format``, ``heading_path``, ``position`` (0.. within its
     document), ``text``, ``content_hash`` (sha256 of heading path, NUL, text),
     ``doc_hash`` (sha256 of the file's bytes) and ``metadata`` (front matter, HTML meta
-    tags or PDF info). Each quarantined file: ``{source, reason}``. A chunk repeated
+    tags or PDF info). Each quarantined file: ``{source, reason}``: unreadable, unparsable,
+    or changed since discover listed it (its bytes no longer match the record's ``sha256``
+    or ``etag``, so its chunks would not be those of the manifest). A chunk repeated
     verbatim under the same heading of a document is kept once: it would add nothing to
     retrieval and would collide on its id.
     """
@@ -92,6 +98,9 @@ def chunk_documents(
             source = doc["source"]
             try:
                 raw = reader.read(doc)
+            except DocumentChanged as exc:
+                quarantined.append({"source": source, "reason": str(exc)})
+                continue
             except OSError as exc:
                 quarantined.append({"source": source, "reason": f"cannot read file: {exc}"})
                 continue
@@ -134,39 +143,6 @@ def _chunk_sections(
                 }
             )
     return out
-
-
-class DocumentReader:
-    """Reads a discover record's bytes: a local ``path``, else an ``s3://`` ``uri``.
-
-    A missing or refused object raises OSError (the document is quarantined); an S3
-    endpoint that cannot be reached, or missing credentials, raise RuntimeError, since
-    every other document would fail the same way.
-    """
-
-    def __init__(self) -> None:
-        self._s3: Any = None
-
-    def read(self, doc: dict) -> bytes:
-        if doc.get("path"):
-            return Path(doc["path"]).read_bytes()
-        uri = doc.get("uri", "")
-        if not uri.startswith("s3://"):
-            raise OSError(f"no local path and not an s3:// URI: {uri!r}")
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from modelchain.components.discover.logic import s3_client, split_s3_uri
-
-        if self._s3 is None:
-            self._s3 = s3_client()
-        bucket, key = split_s3_uri(uri)
-        try:
-            return self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise OSError(f"{uri}: {error.get('Code', '')} {error.get('Message', '')}".strip()) from None
-        except BotoCoreError as exc:
-            raise RuntimeError(f"cannot read {uri}: {exc}") from None
 
 
 def parse_document(source: str, raw: bytes) -> tuple[str, dict, list[tuple[str, str]]]:
@@ -357,3 +333,10 @@ class _WholeIfItFits:
         if self.count_tokens(stripped) <= self.chunk_tokens:
             return [stripped]
         return self.splitter.split_text(text)
+
+
+def chunk_corpus(rag: "DictConfig", documents: Iterable[dict], progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """``chunk_documents`` with the sizes of a typed ``rag.chunk`` and the tokenizer of ``rag.embedding``."""
+    from modelchain.components.rag_settings import open_embedder
+
+    return chunk_documents(documents, open_embedder(rag).tokenizer, rag.chunk.tokens, rag.chunk.overlap, progress)

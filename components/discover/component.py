@@ -3,17 +3,14 @@
 from kfp.dsl import Dataset, Output
 
 
-def discover(settings: str, source_uri: str, manifest: Output[Dataset]):
+def discover(rag: str, source_uri: str, manifest: Output[Dataset]):
     """List the corpus' documents with their content hashes (JSONL)."""
-    import json
-
-    from modelchain.components.discover.logic import discover as list_documents
+    from modelchain.components.discover.logic import discover_corpus
+    from modelchain.core.config import load_group
     from modelchain.core.io import atomic_write_jsonl
 
-    source = json.loads(settings)["rag"]["source"]
-    documents = list_documents(source_uri, include=source["include"], exclude=source["exclude"])
-    if not documents:
-        raise ValueError(f"no documents under {source_uri} matching {source['include']}")
+    rag_cfg = load_group("rag", rag, source_uri=source_uri)
+    documents = discover_corpus(rag_cfg.source)
     atomic_write_jsonl(manifest.path, documents)
     manifest.metadata["documents"] = len(documents)
     print(f"discovered {len(documents)} documents under {source_uri}")

@@ -1,23 +1,34 @@
 """Discover: list the documents of a corpus (a local folder or an S3 prefix).
 
-Local files get a content hash; S3 objects their ETag and size. Either way, the chunk step
-hashes the bytes it reads, and that hash is what makes ingestion incremental: a document
-whose bytes have not changed is not embedded or written again.
+Local files get a content hash; S3 objects their ETag and size. The chunk step reads the
+bytes again (core.corpus), refuses a document that no longer matches its record, and
+hashes the rest: that hash is what makes ingestion incremental, since a document whose
+bytes have not changed is not embedded or written again.
 """
 
 from __future__ import annotations
 
 import glob
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from modelchain.core.io import sha256_file
 from modelchain.core.progress import progress_bar
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 DEFAULT_INCLUDE = ("**/*.md", "**/*.txt")
+
+
+def discover_corpus(source: "DictConfig", progress: bool = True) -> list[dict]:
+    """The documents of a typed ``rag.source`` (uri, include, exclude); ValueError if there are none."""
+    documents = discover(source.uri, include=source.include, exclude=source.exclude, progress=progress)
+    if not documents:
+        raise ValueError(f"no documents under {source.uri} matching {list(source.include)}")
+    return documents
 
 
 def discover(
@@ -79,45 +90,17 @@ def _glob(root: Path, pattern: str) -> list[Path]:
 # ----------------------------------------------------------------------------- S3
 
 
-def s3_client() -> Any:
-    """A boto3 S3 client from the standard chain (env keys, profile, or the pod's role).
-
-    boto3 itself honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3; a custom endpoint (an
-    S3-compatible server) also gets path-style addressing. Few retries, short connect
-    timeout: a wrong endpoint fails in seconds.
-    """
-    import boto3
-    from botocore.config import Config
-
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    config = Config(
-        retries={"max_attempts": 3, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=60,
-        s3={"addressing_style": "path"} if endpoint else {},
-    )
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    # A new session each time: the default one caches the credentials it first found.
-    return boto3.session.Session().client("s3", config=config, region_name=region)
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise ValueError(f"no bucket in the S3 URI {uri!r}")
-    return bucket, key
-
-
 def _discover_s3(source_uri: str, include: Sequence[str], exclude: Sequence[str], progress: bool) -> list[dict]:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, prefix = split_s3_uri(source_uri)
-    if prefix and not prefix.endswith("/"):
+    from modelchain.core import s3
+
+    bucket, prefix = s3.split_uri(source_uri)
+    if prefix:
         prefix += "/"  # a prefix names a folder: "docs" must not match "docs-old/"
     records = []
     try:
-        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         with progress_bar(None, "Discovering", "doc", progress) as bar:
             for page in pages:
                 for obj in page.get("Contents", []):

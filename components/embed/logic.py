@@ -5,16 +5,33 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
+from modelchain.components.rag_changes import ChangePlan
 from modelchain.core.embedder import BaseEmbedder
 from modelchain.core.progress import progress_bar
 
 if TYPE_CHECKING:
     import numpy as np
+    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
 # Called after each batch with the chunk indices it covered and their vectors.
 BatchCallback = Callable[[list[int], "np.ndarray"], None]
+
+
+def embed_changes(rag: "DictConfig", chunks: Sequence[dict]) -> tuple[ChangePlan, "np.ndarray"]:
+    """The plan against the collection of a typed ``rag`` config, and the vectors of the
+    chunks it says to embed (new and changed documents only; an empty array when none)."""
+    import numpy as np
+
+    from modelchain.components.rag_changes import plan_changes
+    from modelchain.components.rag_settings import open_embedder, open_store
+
+    with open_store(rag) as store:
+        plan = plan_changes(store, chunks)
+    if not plan.chunks_to_embed:
+        return plan, np.zeros((0, 0), dtype=np.float32)
+    return plan, embed_chunks(plan.chunks_to_embed, open_embedder(rag))
 
 
 def embed_chunks(

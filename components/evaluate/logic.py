@@ -103,10 +103,14 @@ def run(
         ],
     }
     if ev.get("rag_questions", 0) > 0:
+        import json
+
+        from modelchain.core.config import load_group
         from modelchain.eval.rag import score_rag_for_sides
 
         rag_sides = {side: adapter for side, adapter in adapters.items() if adapter is not None}
-        results["rag"] = score_rag_for_sides(settings, rows[: ev["rag_questions"]], base_dir, rag_sides)
+        typed_eval, typed_rag = load_group("eval", json.dumps(ev)), load_group("rag", json.dumps(settings["rag"]))
+        results["rag"] = score_rag_for_sides(typed_eval, typed_rag, rows[: ev["rag_questions"]], base_dir, rag_sides)
     atomic_write_json(results_path, results)
     return results
 

@@ -3,27 +3,15 @@
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
 
 
-def verify(settings: str, chunks: Input[Dataset], report: Output[Markdown], checks: Output[Metrics]):
+def verify(rag: str, chunks: Input[Dataset], report: Output[Markdown], checks: Output[Metrics]):
     """Counts agree with the corpus and the smoke questions retrieve their documents."""
-    import json
     from pathlib import Path
 
-    from modelchain.components.rag_settings import open_embedder, open_store
-    from modelchain.components.verify.logic import verify as check_collection
+    from modelchain.components.verify.logic import verify_ingest
+    from modelchain.core.config import load_group
     from modelchain.core.io import read_jsonl
-    from modelchain.core.retriever import Retriever
 
-    config = json.loads(settings)
-    checks_cfg = config["rag"]["verify"]
-    with open_store(config) as store:
-        result = check_collection(
-            store,
-            Retriever(store, open_embedder(config)),
-            read_jsonl(chunks.path),
-            checks_cfg["questions"],
-            k=checks_cfg["k"],
-            min_recall=checks_cfg["min_recall"],
-        )
+    result = verify_ingest(load_group("rag", rag), read_jsonl(chunks.path))
     Path(report.path).write_text(result["report"])
     for key, value in result.items():
         if isinstance(value, (int, float)):

@@ -7,12 +7,25 @@ top k (recall@k). The result is a metrics dict and a Markdown report.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from modelchain.core.retriever import Retriever
 from modelchain.core.vectorstore import MilvusStore
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 _SHOWN_SOURCES = 10  # longer source lists are cut in the report
+
+
+def verify_ingest(rag: "DictConfig", chunks: Sequence[dict]) -> dict[str, Any]:
+    """``verify`` the collection of a typed ``rag`` config with its ``rag.verify`` questions, k and bound."""
+    from modelchain.components.rag_settings import open_embedder, open_store
+
+    checks = rag.verify
+    questions = [{"question": q.question, "source": q.source} for q in checks.questions]
+    with open_store(rag) as store:
+        return verify(store, Retriever(store, open_embedder(rag)), chunks, questions, k=checks.k, min_recall=checks.min_recall)
 
 
 def verify(

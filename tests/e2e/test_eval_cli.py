@@ -71,14 +71,15 @@ def test_rag_scoring_for_challenger_and_champion_counts_judge_failures(tmp_path,
     from modelchain.tests.judge_stub import JudgeStub
 
     with JudgeStub(faults={"JSON format": "malformed"}) as stub:  # every judge answer is broken
-        settings = to_container(compose("finetune", [
+        cfg = compose("finetune", [
             "model=local_dir", f"model.path={tiny_model}", f"data.source.uri={routing_dataset}", "eval=smoke",
             "eval.rag_questions=3", f"eval.judge_base_url={stub.base_url}", "eval.judge_model=stub",
             "eval.judge_timeout_s=5", "eval.judge_retries=0",
-        ]))
+        ])
+        settings = to_container(cfg)
         prepare(str(routing_dataset), tmp_path / "splits", **options_from_settings(settings))
         rows = read_jsonl(tmp_path / "splits" / "test.jsonl")[:3]
-        out = score_rag_for_sides(settings, rows, tiny_model, {"challenger": adapter, "champion": adapter},
+        out = score_rag_for_sides(cfg.eval, cfg.rag, rows, tiny_model, {"challenger": adapter, "champion": adapter},
                                   retriever=FakeRetriever())
     assert out["mode"] == "llm" and out["samples"] == 3 and set(out["means"]) == {"challenger", "champion"}
     # Every judged task fails, and each failure is counted under its metric and side.

@@ -2,7 +2,7 @@
 
 import pytest
 
-from modelchain.core.vectorstore import MilvusStore
+from modelchain.core.vectorstore import MilvusLiteStore
 
 from .conftest import run_cli
 
@@ -36,7 +36,7 @@ def test_ingest_fills_milvus_and_a_rerun_changes_nothing(tmp_path):
     assert "recall@5 | 1.000" in first.stdout
 
     def rows():
-        with MilvusStore(str(home / "milvus.db"), "house", 384) as store:
+        with MilvusLiteStore(str(home / "milvus.db"), "house", 384) as store:
             return store.count(), store.doc_hashes()
 
     count, hashes = rows()

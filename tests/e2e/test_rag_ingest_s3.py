@@ -2,7 +2,7 @@
 
 import pytest
 
-from modelchain.core.vectorstore import MilvusStore
+from modelchain.core.vectorstore import MilvusLiteStore
 from modelchain.tests.rag_support import MIXED_CORPUS
 from modelchain.tests.s3_server import s3_env, s3_server  # noqa: F401 (fixtures)
 
@@ -33,5 +33,5 @@ def test_ingest_from_s3_with_every_format(s3_env, tmp_path):  # noqa: F811
     assert "recall@5 | 1.000" in result.stdout
     assert "quarantined broken.pdf: not a readable PDF" in output
     assert "quarantined latin1.md: not UTF-8 text" in output
-    with MilvusStore(str(home / "milvus.db"), "mixed", 384) as store:
+    with MilvusLiteStore(str(home / "milvus.db"), "mixed", 384) as store:
         assert set(store.doc_hashes()) == {"kitchen.md", "garden.html", "garage/bike.txt", "manual.pdf"}

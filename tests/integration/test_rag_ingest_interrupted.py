@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from modelchain.bench._rag_corpus import generate_corpus
-from modelchain.core.vectorstore import MilvusStore
+from modelchain.core.vectorstore import MilvusLiteStore
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ N_DOCS = 80
 def run_ingest(source: Path, db: Path, kill_after_writes: int | None = None) -> int:
     """Run the one-process ingest; with ``kill_after_writes``, SIGKILL it after that many upserts."""
     cmd = [
-        sys.executable, "-m", "modelchain.components.ingest", str(source), str(db), "docs",
+        sys.executable, "-m", "modelchain.pipelines.inprocess_ingest", str(source), str(db), "docs",
         "--runtime", "onnx-int8", "--batch-size", "16", "--write-rows", "16",
         "--chunk-tokens", "128", "--overlap", "16", "--include", "**/*.md",
     ]
@@ -46,7 +46,7 @@ def run_ingest(source: Path, db: Path, kill_after_writes: int | None = None) -> 
 
 
 def snapshot(db: Path) -> tuple[int, dict]:
-    with MilvusStore(str(db), "docs", 384) as store:
+    with MilvusLiteStore(str(db), "docs", 384) as store:
         rows = {r["id"]: (r["source"], r["doc_hash"], r["content_hash"])
                 for r in store.iter_rows(("source", "doc_hash", "content_hash"))}
         return store.count(), rows

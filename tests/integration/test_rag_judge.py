@@ -17,10 +17,9 @@ REFERENCES = ["the billing team", "the shipping desk", "elliptical orbits", "the
 
 
 def judged(judge_stub, **limits):
-    judge = rag.Judge(base_url=judge_stub.base_url, model="stub-judge", **limits)
+    judge = rag.OpenAIJudge(base_url=judge_stub.base_url, model="stub-judge", **limits)
     metrics = rag.make_metrics(judge)
-    return rag.score(rag.samples(QUESTIONS, ANSWERS, CONTEXTS, REFERENCES), metrics,
-                     concurrency=judge.concurrency, timeout_s=judge.timeout_s, retries=judge.retries)
+    return rag.score(rag.samples(QUESTIONS, ANSWERS, CONTEXTS, REFERENCES), metrics, **judge.limits())
 
 
 def test_a_judge_that_answers_scores_every_metric():
@@ -68,11 +67,32 @@ def test_no_judge_means_offline_metrics():
     assert result.means()["string_similarity"] > 0.3
 
 
-def test_judge_from_config():
-    assert rag.Judge.from_config({"judge_base_url": ""}) is None
-    judge = rag.Judge.from_config({"judge_base_url": "http://127.0.0.1:1/v1", "judge_model": "m", "judge_concurrency": 3,
-                                   "judge_timeout_s": 2, "judge_retries": 0, "judge_api_key_env": "NO_SUCH_KEY_VAR"})
+def eval_config(**values):
+    """A typed eval group, as a step receives it."""
+    from omegaconf import OmegaConf
+
+    from modelchain.core.config import EvalConfig
+
+    return OmegaConf.structured(EvalConfig(name="test", **values))
+
+
+def test_the_judge_is_picked_by_config():
+    offline = rag.open_judge(eval_config(judge_base_url=""))
+    assert isinstance(offline, rag.OfflineJudge) and offline.mode == "offline"
+    assert set(offline.metrics()) == set(rag.OFFLINE)
+    assert offline.limits() == {"concurrency": 8, "timeout_s": 60.0, "retries": 2}  # score()'s own defaults
+    judge = rag.open_judge(eval_config(judge_base_url="http://127.0.0.1:1/v1", judge_model="m", judge_concurrency=3,
+                                       judge_timeout_s=2, judge_retries=0, judge_api_key_env="NO_SUCH_KEY_VAR"))
+    assert isinstance(judge, rag.OpenAIJudge) and judge.mode == "llm"
     assert (judge.concurrency, judge.timeout_s, judge.retries, judge.api_key) == (3, 2.0, 0, "none")
+    assert judge.base_url == "http://127.0.0.1:1/v1" and judge.model == "m"
+    assert set(rag.JUDGES) == {"offline", "openai"}
+
+
+def test_the_judge_key_comes_from_the_named_variable(monkeypatch):
+    monkeypatch.setenv("MY_JUDGE_KEY", "k-123")
+    judge = rag.open_judge(eval_config(judge_base_url="http://127.0.0.1:1/v1", judge_model="m", judge_api_key_env="MY_JUDGE_KEY"))
+    assert judge.api_key == "k-123"
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])

@@ -63,6 +63,28 @@ def test_chunks_read_from_s3_and_bad_files_are_quarantined(corpus, tokenizer):
     assert by_source["kitchen.md"]["doc_hash"] == hashlib.sha256(MIXED_CORPUS["kitchen.md"]).hexdigest()
 
 
+def test_an_object_changed_after_discover_is_quarantined_not_chunked(corpus, tokenizer):
+    # The cached chunk step must never hold chunks of other bytes than its manifest lists.
+    records = discover(f"s3://{BUCKET}/docs/", ["*.md"], progress=False)
+    corpus.put_object(Bucket=BUCKET, Key="docs/kitchen.md", Body=b"# Kitchen\n\nThe kettle moved to the shelf.\n")
+    chunks, quarantined = chunk_documents(records, tokenizer)
+    reasons = {q["source"]: q["reason"] for q in quarantined}
+    assert reasons["kitchen.md"].startswith("changed since discover: its ETag is ")
+    assert records[0]["etag"] in reasons["kitchen.md"]
+    assert "kitchen.md" not in {c["source"] for c in chunks}
+
+
+def test_a_corpus_is_listed_and_read_where_only_mlflow_names_the_endpoint(corpus, tokenizer, monkeypatch, s3_env):  # noqa: F811
+    # core.s3's endpoint rule: MLFLOW_S3_ENDPOINT_URL is the last one asked.
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_env.endpoint)
+    records = discover(f"s3://{BUCKET}/docs/", ["*.md"], progress=False)
+    assert [r["source"] for r in records] == ["kitchen.md", "latin1.md"]
+    chunks, _ = chunk_documents(records, tokenizer)
+    assert {c["source"] for c in chunks} == {"kitchen.md"}
+
+
 def test_wrong_credentials_and_missing_buckets_are_clear_errors(corpus, monkeypatch):
     with pytest.raises(RuntimeError, match="NoSuchBucket"):
         discover("s3://no-such-bucket/docs/", progress=False)
@@ -80,13 +102,13 @@ def test_an_unreachable_endpoint_stops_the_step(corpus, tokenizer, monkeypatch):
 
 @pytest.mark.slow
 def test_ingest_from_s3_into_milvus_lite(corpus, tmp_path):
-    from modelchain.components.ingest import ingest
+    from modelchain.pipelines.inprocess_ingest import ingest
     from modelchain.core.embedder import make_embedder
     from modelchain.core.retriever import Retriever
-    from modelchain.core.vectorstore import MilvusStore
+    from modelchain.core.vectorstore import MilvusLiteStore
 
     embedder = make_embedder("onnx-int8")
-    with MilvusStore(str(tmp_path / "m.db"), "docs", embedder.dim) as store:
+    with MilvusLiteStore(str(tmp_path / "m.db"), "docs", embedder.dim) as store:
         stats = ingest(f"s3://{BUCKET}/docs/", store, embedder, ["**/*"], ["drafts/**"], progress=False)
         assert stats["written_documents"] == 4 and len(stats["quarantined"]) == 2
         hits = Retriever(store, embedder).retrieve("What pressure should the boiler have?", k=1)

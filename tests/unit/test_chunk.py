@@ -176,3 +176,25 @@ def test_front_matter_rules():
 def test_bad_sizes_are_refused(tokenizer, tokens, overlap):
     with pytest.raises(ValueError):
         chunk_documents([], tokenizer, tokens, overlap)
+
+
+def test_a_document_changed_after_discover_is_quarantined_not_chunked(tmp_path, tokenizer):
+    # The chunk step is cached on the discover manifest: the chunks it makes must be those of
+    # the bytes the manifest hashed, so a document edited in between is refused, with the reason.
+    from modelchain.components.discover.logic import discover
+
+    (tmp_path / "same.md").write_text("# Same\n\nUnchanged text.\n")
+    (tmp_path / "edited.md").write_text("# Edited\n\nThe first version.\n")
+    manifest = discover(str(tmp_path), progress=False)
+    listed = {record["source"]: record["sha256"] for record in manifest}
+    (tmp_path / "edited.md").write_text("# Edited\n\nA second version, written after discover.\n")
+    chunks, quarantined = chunk_documents(manifest, tokenizer)
+    assert quarantined == [{
+        "source": "edited.md",
+        "reason": f"changed since discover: its bytes no longer match the manifest's sha256 {listed['edited.md'][:12]}...",
+    }]
+    assert {c["source"] for c in chunks} == {"same.md"}
+    assert chunks[0]["doc_hash"] == listed["same.md"]
+    # A record without a hash (written by hand, or by an older discover) is read as it is.
+    chunks, quarantined = chunk_documents([{"source": "edited.md", "path": str(tmp_path / "edited.md")}], tokenizer)
+    assert quarantined == [] and "second version" in chunks[0]["text"]

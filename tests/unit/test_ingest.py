@@ -5,9 +5,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from modelchain.components.ingest import ingest
+from modelchain.pipelines.inprocess_ingest import ingest
 from modelchain.core.embedder import BaseEmbedder
-from modelchain.core.vectorstore import MilvusStore
+from modelchain.core.vectorstore import MilvusLiteStore
 
 DOCS = {
     f"topic{i}.md": f"# Topic {i}\n\nParagraph about subject number {i}.\n\n## Details\n\nMore words on {i}.\n"
@@ -39,7 +39,7 @@ def corpus(tmp_path):
 
 @pytest.fixture
 def store(tmp_path):
-    with MilvusStore(str(tmp_path / "m.db"), "docs", 8) as s:
+    with MilvusLiteStore(str(tmp_path / "m.db"), "docs", 8) as s:
         yield s
 
 
@@ -82,7 +82,7 @@ def test_any_other_write_or_new_chunking_makes_the_next_run_compare_every_chunk(
 
 
 def test_the_state_is_cleared_by_the_first_write_and_set_by_a_finished_ingest(tmp_path):
-    with MilvusStore(str(tmp_path / "s.db"), "c", 8) as store:
+    with MilvusLiteStore(str(tmp_path / "s.db"), "c", 8) as store:
         store.ensure_collection()
         assert store.ingest_state() == ""
         assert store.set_ingest_state("abc") and store.ingest_state() == "abc"

@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
-from modelchain.core.config import ConfigError, compose
-from modelchain.core.vectorstore import store_from_settings
+from modelchain.core.config import ConfigError, compose, load_group
+from modelchain.core.vectorstore import MilvusLiteStore, MilvusServerStore, open_store
 from modelchain.pipelines.compile import compile_pipeline
 
 MILVUS_STEPS = {"exec-embed", "exec-upsert", "exec-verify"}
@@ -36,10 +36,10 @@ def test_the_token_comes_from_the_secret_and_reaches_the_milvus_client(tmp_path,
     # Only the secret's name is in the compiled pipeline.
     assert "milvus-token" in text and "s3cr3t" not in text
 
-    # The settings baked into the upsert task, read the way the component reads them.
-    settings = json.loads(spec["root"]["dag"]["tasks"]["upsert"]["inputs"]["parameters"]["settings"]
-                          ["runtimeValue"]["constant"])
-    assert settings["rag"]["milvus"]["uri"] == "http://milvus.milvus.svc.cluster.local:19530"
+    # The rag group baked into the upsert task, read the way the component reads it.
+    baked = spec["root"]["dag"]["tasks"]["upsert"]["inputs"]["parameters"]["rag"]["runtimeValue"]["constant"]
+    assert json.loads(baked)["milvus"]["uri"] == "http://milvus.milvus.svc.cluster.local:19530"
+    rag = load_group("rag", baked)
     monkeypatch.setenv("MILVUS_TOKEN", "s3cr3t")  # what Kubernetes puts in the pod from the secret
     seen = {}
 
@@ -50,8 +50,8 @@ def test_the_token_comes_from_the_secret_and_reaches_the_milvus_client(tmp_path,
     import pymilvus
 
     monkeypatch.setattr(pymilvus, "MilvusClient", FakeClient)
-    store = store_from_settings(settings)
-    assert not store.local and store.index_type == "HNSW"
+    store = open_store(rag)
+    assert type(store) is MilvusServerStore and not store.local and store.index_type == "HNSW"
     store.client
     assert seen == {"uri": "http://milvus.milvus.svc.cluster.local:19530", "token": "s3cr3t"}
 
@@ -74,7 +74,5 @@ def test_two_secrets_for_the_token_are_refused(tmp_path):
 
 def test_local_runs_use_milvus_lite_without_a_token(tmp_path, modelchain_home, monkeypatch):
     monkeypatch.delenv("MILVUS_TOKEN", raising=False)
-    from modelchain.core.config import to_container
-
-    store = store_from_settings(to_container(compose("rag_ingest")))
-    assert store.local and store.token is None and store.uri == str(modelchain_home / "milvus.db")
+    store = open_store(compose("rag_ingest").rag)
+    assert type(store) is MilvusLiteStore and store.local and store.token is None and store.uri == str(modelchain_home / "milvus.db")

@@ -8,12 +8,13 @@ import pytest
 from modelchain.components.chunk.logic import chunk_documents
 from modelchain.components.discover.logic import discover
 from modelchain.components.embed.logic import embed_chunks
-from modelchain.components.upsert.logic import apply_changes, plan_changes, upsert_chunks
+from modelchain.components.rag_changes import plan_changes
+from modelchain.components.upsert.logic import apply_changes, upsert_chunks
 from modelchain.components.verify.logic import verify
 from modelchain.core import vectorstore
 from modelchain.core.embedder import Embedder
 from modelchain.core.retriever import Hit, Retriever
-from modelchain.core.vectorstore import MilvusStore
+from modelchain.core.vectorstore import MilvusLiteStore
 
 CORPUS = {
     "install.md": """# Installation
@@ -86,7 +87,7 @@ def corpus(tmp_path):
 
 @pytest.fixture
 def store(tmp_path, embedder):
-    with MilvusStore(str(tmp_path / "milvus" / "rag.db"), "docs", embedder.dim) as s:
+    with MilvusLiteStore(str(tmp_path / "milvus" / "rag.db"), "docs", embedder.dim) as s:
         yield s
 
 
@@ -235,16 +236,78 @@ def test_verify_fails_on_misses_and_on_a_collection_out_of_step(corpus, store, e
     assert not result["passed"] and result["stale_sources"] == ["serving.md"]
 
 
-def test_retriever_from_config_reads_an_ingested_collection(corpus, tmp_path, embedder):
+def rag_config(uri, collection):
+    """The typed rag group of a local run over ``uri``, with the fp32 torch embedder of these tests."""
+    from modelchain.core.config import compose
+
+    return compose("rag_ingest", [f"rag.milvus.uri={uri}", f"rag.milvus.collection={collection}",
+                                  "rag.embedding.runtime=torch"]).rag
+
+
+def test_retriever_opened_from_the_rag_config_reads_an_ingested_collection(corpus, tmp_path, embedder):
     uri = str(tmp_path / "milvus" / "rag.db")
-    with MilvusStore(uri, "docs", embedder.dim) as store:
+    with MilvusLiteStore(uri, "docs", embedder.dim) as store:
         ingest(corpus, store, embedder)
-    with Retriever.from_config(uri, "docs") as retriever:
+    with Retriever.open(rag_config(uri, "docs")) as retriever:
         hits = retriever.retrieve("How do I reset my password?", k=4)
         assert len(hits) == 4 and all(isinstance(h, Hit) for h in hits)
         assert hits[0].source == "notes/faq.txt" and "reset your password" in hits[0].text
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         assert retriever.retrieve_many([], k=2) == []
     with pytest.raises(ValueError, match="'absent' does not exist"):
-        with Retriever.from_config(uri, "absent") as retriever:
+        with Retriever.open(rag_config(uri, "absent")) as retriever:
             retriever.retrieve("anything")
+
+
+# ------------------------------------------------------------------------------ the steps over the typed rag group
+
+
+def test_the_steps_run_from_the_typed_rag_group_as_the_components_call_them(corpus, tmp_path):
+    """discover -> chunk -> embed -> (save/load the embed output) -> upsert -> verify, each
+    given the rag group rebuilt by load_group, the run-time source_uri only where it is read."""
+    import json
+
+    from modelchain.components.chunk.logic import chunk_corpus
+    from modelchain.components.discover.logic import discover_corpus
+    from modelchain.components.embed.logic import embed_changes
+    from modelchain.components.rag_changes import load_plan, save_plan
+    from modelchain.components.upsert.logic import write_changes
+    from modelchain.components.verify.logic import verify_ingest
+    from omegaconf.errors import MissingMandatoryValue
+
+    from modelchain.core.config import compose, group_json, load_group
+
+    cfg = compose("rag_ingest", [
+        f"rag.milvus.uri={tmp_path / 'milvus.db'}", "rag.milvus.collection=typed", "rag.embedding.runtime=torch",
+        "rag.source.include=[**/*.md,**/*.txt]", "rag.chunk.tokens=64", "rag.chunk.overlap=8",
+        "rag.verify.k=3", "rag.verify.min_recall=1.0",
+    ])
+    baked = json.loads(group_json(cfg, "rag"))
+    baked["verify"]["questions"] = QUESTIONS
+    baked = json.dumps(baked)
+    documents = discover_corpus(load_group("rag", baked, source_uri=str(corpus)).source, progress=False)
+    assert [d["source"] for d in documents] == sorted(CORPUS)
+    rag = load_group("rag", baked)  # the steps after discover are not given the corpus URI
+    with pytest.raises(MissingMandatoryValue, match="source.uri"):
+        discover_corpus(rag.source)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no documents under"):
+        discover_corpus(load_group("rag", baked, source_uri=str(tmp_path / "empty")).source, progress=False)
+
+    chunks, quarantined = chunk_corpus(rag, documents, progress=False)
+    assert quarantined == [] and chunks and all(c["doc_hash"] for c in chunks)
+    plan, vectors = embed_changes(rag, chunks)
+    assert len(plan.chunks_to_embed) == len(chunks) == len(vectors)
+    save_plan(tmp_path / "embeddings", plan, vectors)
+    plan, vectors = load_plan(tmp_path / "embeddings")
+    counts = write_changes(rag, plan, vectors)
+    assert counts["inserted"] == counts["total_rows"] == len(chunks)
+    result = verify_ingest(rag, chunks)
+    assert result["passed"] and result["recall_at_k"] == 1.0 and result["k"] == 3, result["report"]
+
+    # A second run over the same corpus embeds and writes nothing.
+    plan, vectors = embed_changes(rag, chunks)
+    assert plan.chunks_to_embed == [] and vectors.shape == (0, 0)
+    save_plan(tmp_path / "again", plan, vectors)
+    counts = write_changes(rag, *load_plan(tmp_path / "again"))
+    assert (counts["inserted"], counts["deleted"], counts["skipped_documents"]) == (0, 0, len(CORPUS))

@@ -12,7 +12,7 @@ from modelchain.components.chunk.logic import (
 from modelchain.components.discover.logic import _glob, _glob_regex, discover
 from modelchain.components.upsert.logic import upsert_chunks
 from modelchain.core.embedder import TokenCounter, default_model_path
-from modelchain.core.vectorstore import MilvusStore
+from modelchain.core.vectorstore import MilvusLiteStore
 from modelchain.tests.rag_support import HTML_PAGE, MIXED_CORPUS, make_pdf, write_corpus
 
 
@@ -111,7 +111,7 @@ def test_document_metadata_is_stored_and_retrieved(tmp_path, tokenizer):
     write_corpus(tmp_path / "docs", {"kitchen.md": MIXED_CORPUS["kitchen.md"], "m.pdf": MIXED_CORPUS["manual.pdf"]})
     chunks, _ = chunk_documents(discover(str(tmp_path / "docs"), ["*"], progress=False), tokenizer)
     vectors = np.random.default_rng(0).normal(size=(len(chunks), 8)).astype(np.float32)
-    with MilvusStore(str(tmp_path / "m.db"), "docs", 8) as store:
+    with MilvusLiteStore(str(tmp_path / "m.db"), "docs", 8) as store:
         upsert_chunks(store, chunks, vectors)
         hits = store.search(vectors[:1], k=1)[0]
     assert hits[0]["metadata"] == {

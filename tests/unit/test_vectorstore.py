@@ -1,9 +1,12 @@
-"""MilvusStore against a real Milvus Lite in a temporary folder (random vectors, no model)."""
+"""The vector store: a real Milvus Lite in a temporary folder (random vectors, no model), and
+the registry that picks a store by config."""
 
 import numpy as np
 import pytest
 
-from modelchain.core.vectorstore import MilvusStore, is_local_uri
+from modelchain.core import vectorstore
+from modelchain.core.config import ConfigError, compose
+from modelchain.core.vectorstore import MilvusLiteStore, MilvusServerStore, MilvusStore, is_local_uri
 
 DIM = 8
 
@@ -32,13 +35,13 @@ def db_path(tmp_path):
 
 @pytest.fixture
 def store(db_path):
-    with MilvusStore(db_path, "chunks", DIM) as s:
+    with MilvusLiteStore(db_path, "chunks", DIM) as s:
         s.ensure_collection()
         yield s
 
 
 def test_ensure_collection_creates_once_and_makes_parent_folder(db_path):
-    with MilvusStore(db_path, "chunks", DIM) as s:
+    with MilvusLiteStore(db_path, "chunks", DIM) as s:
         assert s.ensure_collection() is True
         assert s.ensure_collection() is False
         assert s.count() == 0
@@ -85,17 +88,17 @@ def test_search_returns_nearest_rows_with_their_fields(store):
 
 
 def test_rows_survive_close_and_reopen(db_path):
-    with MilvusStore(db_path, "chunks", DIM) as s:
+    with MilvusLiteStore(db_path, "chunks", DIM) as s:
         s.ensure_collection()
         s.upsert(make_rows("a.md", 4))
-    with MilvusStore(db_path, "chunks", DIM) as s:
+    with MilvusLiteStore(db_path, "chunks", DIM) as s:
         assert s.count() == 4
         assert s.search([make_rows("a.md", 4)[2]["vector"]], k=1)[0][0]["id"] == "a.md-2"
 
 
 def test_closing_one_store_leaves_another_on_the_same_folder_working(db_path):
-    first = MilvusStore(db_path, "chunks", DIM)
-    second = MilvusStore(db_path, "chunks", DIM)
+    first = MilvusLiteStore(db_path, "chunks", DIM)
+    second = MilvusLiteStore(db_path, "chunks", DIM)
     try:
         first.ensure_collection()
         first.upsert(make_rows("a.md", 2))
@@ -108,27 +111,27 @@ def test_closing_one_store_leaves_another_on_the_same_folder_working(db_path):
 
 
 def test_existing_collection_with_other_dim_is_refused(db_path, store):
-    with MilvusStore(db_path, "chunks", DIM * 2) as other:
+    with MilvusLiteStore(db_path, "chunks", DIM * 2) as other:
         with pytest.raises(ValueError, match=r"'chunks'.*vector dim is 8, expected 16"):
             other.ensure_collection()
 
 
 def test_existing_collection_with_other_metric_is_refused(db_path, store):
-    with MilvusStore(db_path, "chunks", DIM, metric="L2") as other:
+    with MilvusLiteStore(db_path, "chunks", DIM, metric="L2") as other:
         with pytest.raises(ValueError, match="index metric is COSINE, expected L2"):
             other.ensure_collection()
 
 
 def test_existing_collection_with_other_fields_is_refused(db_path):
-    with MilvusStore(db_path, "chunks", DIM) as s:
+    with MilvusLiteStore(db_path, "chunks", DIM) as s:
         s.client.create_collection("foreign", dimension=DIM, id_type="string", max_length=64)
-    with MilvusStore(db_path, "foreign", DIM) as s:
+    with MilvusLiteStore(db_path, "foreign", DIM) as s:
         with pytest.raises(ValueError, match=r"'foreign'.*missing fields \['content_hash'"):
             s.ensure_collection()
 
 
 def test_missing_collection_is_an_error_for_reads(db_path):
-    with MilvusStore(db_path, "nothing_here", DIM) as s:
+    with MilvusLiteStore(db_path, "nothing_here", DIM) as s:
         with pytest.raises(ValueError, match="'nothing_here' does not exist"):
             s.count()
 
@@ -148,9 +151,42 @@ def test_uri_and_parameter_checks():
     assert is_local_uri("./x.db") and is_local_uri("/tmp/a/x.db")
     assert not is_local_uri("http://milvus:19530") and not is_local_uri("https://h")
     with pytest.raises(ValueError, match="must end with .db"):
-        MilvusStore("/tmp/x", "c", DIM)
+        MilvusLiteStore("/tmp/x", "c", DIM)
     with pytest.raises(ValueError, match="metric"):
-        MilvusStore("/tmp/x.db", "c", DIM, metric="HAMMING")
+        MilvusLiteStore("/tmp/x.db", "c", DIM, metric="HAMMING")
+    with pytest.raises(ValueError, match="a Milvus server URI starts with http"):
+        MilvusServerStore("/tmp/x.db", "c", DIM)
+    with pytest.raises(TypeError):
+        MilvusStore("/tmp/x.db", "c", DIM)  # the interface; a store is one of VECTOR_STORES
+
+
+def test_the_config_picks_the_store_by_name(modelchain_home, monkeypatch):
+    monkeypatch.setenv("MILVUS_TOKEN", "t0ken")
+    local = compose("rag_ingest")
+    assert local.rag.milvus.backend == "lite"
+    with vectorstore.open_store(local.rag) as store:
+        assert type(store) is MilvusLiteStore and store.uri == str(modelchain_home / "milvus.db")
+        assert store.token is None  # Milvus Lite takes no token
+    eks = compose("rag_ingest", ["cluster=eks"])
+    assert eks.rag.milvus.backend == "server"
+    store = vectorstore.open_store(eks.rag)  # connects on first use only
+    assert type(store) is MilvusServerStore and store.uri == eks.cluster.milvus_uri and store.token == "t0ken"
+    assert set(vectorstore.VECTOR_STORES) == {"lite", "server"}
+
+
+def test_an_unknown_or_mismatched_store_is_a_config_error_naming_the_key(modelchain_home):
+    with pytest.raises(ConfigError, match=r"rag.milvus.backend: unknown vector store 'qdrant'; registered: lite, server"):
+        compose("rag_ingest", ["rag.milvus.backend=qdrant"])
+    with pytest.raises(ConfigError, match=r"rag.milvus.uri: a Milvus server URI starts with http.*rag.milvus.backend is server"):
+        compose("rag_ingest", ["cluster.milvus_backend=server"])
+    with pytest.raises(ConfigError, match=r"rag.milvus.uri: a Milvus Lite path must end with .db"):
+        compose("rag_ingest", ["cluster=eks", "cluster.milvus_backend=lite"])
+    rag = compose("rag_ingest").rag
+    from omegaconf import OmegaConf
+
+    unknown = OmegaConf.merge(rag, {"milvus": {"backend": "qdrant"}})
+    with pytest.raises(ConfigError, match="rag.milvus.backend: unknown vector store 'qdrant'; registered: lite, server"):
+        vectorstore.open_store(unknown)
 
 
 @pytest.mark.parametrize(
@@ -160,7 +196,7 @@ def test_index_types_and_metrics_find_the_nearest_row(db_path, index_type, metri
     rows = make_rows("a.md", 30, seed=2)
     for row in rows:  # unit vectors, so a row is its own best match under IP as well
         row["vector"] = row["vector"] / np.linalg.norm(row["vector"])
-    with MilvusStore(db_path, "chunks", DIM, index_type=index_type, metric=metric) as s:
+    with MilvusLiteStore(db_path, "chunks", DIM, index_type=index_type, metric=metric) as s:
         s.ensure_collection()
         s.upsert(rows)
         hits = s.search([rows[11]["vector"]], k=4)[0]

@@ -5,7 +5,10 @@ the benchmarks and the interruption test. Vectors are upserted in slices while t
 still being embedded, so a run that is killed keeps what it wrote and the next run embeds
 only what is missing (a half-written document is rewritten whole).
 
-    python -m modelchain.components.ingest SOURCE MILVUS_URI COLLECTION [--runtime onnx-int8]
+    python -m modelchain.pipelines.inprocess_ingest SOURCE MILVUS_URI COLLECTION [--runtime onnx-int8] [--backend lite]
+
+It composes the steps' logic like the rag_ingest pipeline composes their components, so it
+lives with the pipelines.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from typing import Any, Sequence
 from modelchain.components.chunk.logic import chunk_documents, chunking_signature
 from modelchain.components.discover.logic import DEFAULT_INCLUDE, discover
 from modelchain.components.embed.logic import embed_chunks
-from modelchain.components.upsert.logic import StoredRows, chunk_rows, plan_changes, read_stored
+from modelchain.components.rag_changes import StoredRows, chunk_rows, plan_changes, read_stored
 from modelchain.core.embedder import BaseEmbedder
-from modelchain.core.vectorstore import MilvusStore
+from modelchain.core.vectorstore import VECTOR_STORES, MilvusStore
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Ingest a folder or S3 prefix into a Milvus collection, here.")
     parser.add_argument("source", help="a folder or s3://bucket/prefix/")
     parser.add_argument("milvus_uri", help="a Milvus Lite path (ending .db) or a server URI")
+    parser.add_argument("--backend", default="lite", choices=list(VECTOR_STORES),
+                        help="the vector store at MILVUS_URI (a server's token from MILVUS_TOKEN)")
     parser.add_argument("collection")
     parser.add_argument("--runtime", default="onnx-int8")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -120,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     from modelchain.core.embedder import make_embedder
 
     embedder = make_embedder(args.runtime, batch_size=args.batch_size)
-    with MilvusStore(args.milvus_uri, args.collection, embedder.dim) as store:
+    store_class = VECTOR_STORES[args.backend]
+    with store_class(args.milvus_uri, args.collection, embedder.dim, token=store_class.token_from_env()) as store:
         stats = ingest(
             args.source, store, embedder, args.include, (), args.chunk_tokens, args.overlap, args.write_rows
         )
