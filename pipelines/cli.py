@@ -30,11 +30,11 @@ EXAMPLES = """examples:
   modelchain compile finetune cluster=eks -o finetune.yaml
   modelchain run rag_ingest rag.source.uri=./docs
   modelchain submit finetune --host https://kfp.example.com --experiment support --wait cluster=eks
-  modelchain schedule finetune --cron "0 3 * * 1" --name weekly cluster=eks
+  modelchain schedule finetune --host https://kfp.example.com --cron "0 3 * * 1" --name weekly cluster=eks
   modelchain lineage smollm2-135m-instruct-ticket-routing@champion --json
   modelchain promote smollm2-135m-instruct-ticket-routing 3 cluster=eks
   modelchain render training model=llama3_8b train=cluster_8gpu --out k8s/
-  modelchain render serving --adapter-uri s3://bucket/mlflow/1/RUN/artifacts/adapter --version 4 --out k8s/serving/
+  modelchain render serving --adapter-uri s3://modelchain-mlflow/artifacts/1/RUN/artifacts/adapter --version 4 --out k8s/serving/
   modelchain data prep data=chat_jsonl data.source.uri=s3://bucket/chats/ --out prepared/
   modelchain eval eval=default --adapter out/adapter --champion models:/NAME@champion --out eval-out/
 """
