@@ -373,6 +373,16 @@ class ResourcesConfig:
 
 
 @dataclass
+class RetryConfig:
+    """KFP retries with backoff of the steps that talk to S3, MLflow or Milvus (cluster=eks)."""
+
+    num_retries: int = 3
+    backoff_duration: str = "30s"
+    backoff_factor: float = 2.0
+    backoff_max_duration: str = "10m"
+
+
+@dataclass
 class MlflowConfig:
     tracking_uri: str = MISSING
     artifact_location: Optional[str] = None  # e.g. s3://bucket/mlflow; None = server default
@@ -503,6 +513,7 @@ class ClusterConfig:
     pvc_mounts: list[PvcMountConfig] = field(default_factory=list)
     secret_env: list[SecretEnvConfig] = field(default_factory=list)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     milvus_uri: str = MISSING
     milvus_backend: str = "lite"  # the vector store at milvus_uri: lite | server (core.vectorstore)

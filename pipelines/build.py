@@ -55,15 +55,23 @@ def run_parameters(pipeline: str, cfg: DictConfig, body: Callable[[dict[str, Any
     return pipeline_body
 
 
-def place(task, cluster: DictConfig, *, cache: bool = False):
-    """Caching only where asked (see `cache`). EKS: node pool, tolerations, PVCs, secrets as env, resources.
+# Which steps KFP may cache and retry, by component name; one table for both pipelines.
+# Cached: only a step whose inputs are all upstream artifacts and parameters (a pure function
+# of immutable inputs). Never a step that reads an outside source that can change under the
+# same URI (data prep, discover: next week's data), reads the registry (evaluate: the champion
+# moves) or has side effects (register, canary, upsert).
+CACHED_STEPS = frozenset({"chunk"})
+# Retried with backoff on EKS: the steps that talk to S3, MLflow or Milvus and can run again
+# safely. Not finetune (a retry would launch a second training job), register (a second
+# version) or canary (its controller resumes on its own).
+RETRIED_STEPS = frozenset({"data-prep", "discover", "chunk", "embed", "upsert", "verify", "evaluate", "gate"})
 
-    ``cache=True`` only for a step whose inputs are all upstream artifacts and parameters
-    (a pure function of immutable inputs): a step that reads an outside source that can
-    change under the same URI (data prep, discover), reads the registry (evaluate) or has
-    side effects (register, canary, upsert) must run every time.
-    """
-    task.set_caching_options(cache)
+
+def place(task, cluster: DictConfig):
+    """The step's caching (CACHED_STEPS); on EKS its retries, node pool, tolerations, PVCs,
+    secrets as environment variables and resources."""
+    step = task.component_spec.name
+    task.set_caching_options(step in CACHED_STEPS)
     if cluster.kind != "eks":
         return task
     from kfp import kubernetes
@@ -80,4 +88,7 @@ def place(task, cluster: DictConfig, *, cache: bool = False):
     for secret_name, key_to_env in by_secret.items():
         kubernetes.use_secret_as_env(task, secret_name=secret_name, secret_key_to_env=key_to_env)
     task.set_cpu_request(cluster.resources.cpu).set_memory_request(cluster.resources.memory)
+    if step in RETRIED_STEPS:
+        retry = cluster.retry
+        task.set_retry(retry.num_retries, retry.backoff_duration, retry.backoff_factor, retry.backoff_max_duration)
     return task

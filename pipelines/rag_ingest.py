@@ -32,10 +32,10 @@ def build(cfg: DictConfig):
 
     def body(params: dict):
         found = place(discover_op(rag=rag, source_uri=params["source_uri"]), cluster)
-        # Chunking is a pure function of the manifest (which holds each document's content
-        # hash, and chunk refuses a document whose bytes no longer match it), so a cached
-        # result is never stale.
-        parts = place(chunk_op(rag=rag, manifest=found.outputs["manifest"]), cluster, cache=True)
+        # Cached (pipelines/build.py CACHED_STEPS): chunking is a pure function of the manifest,
+        # which holds each document's content hash, and chunk refuses a document whose bytes
+        # no longer match it.
+        parts = place(chunk_op(rag=rag, manifest=found.outputs["manifest"]), cluster)
         # The steps that open the collection get the token from the secret, by name.
         vectors = with_token(place(embed_op(rag=rag, chunks=parts.outputs["chunks"]), cluster), token_secret)
         written = with_token(
