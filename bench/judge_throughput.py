@@ -22,7 +22,7 @@ import time
 @contextlib.contextmanager
 def stub_judge(latency: float):
     """The stub judge in its own process (as a real endpoint would be); yields its base URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "modelchain.tests.judge_stub", "--latency", str(latency)],
+    proc = subprocess.Popen([sys.executable, "-m", "modelchain.bench.judge_stub", "--latency", str(latency)],
                             stdout=subprocess.PIPE, text=True)
     try:
         yield proc.stdout.readline().strip()

@@ -68,7 +68,7 @@ def test_rag_scoring_for_challenger_and_champion_counts_judge_failures(tmp_path,
     from modelchain.core.config import compose, to_container
     from modelchain.core.io import read_jsonl
     from modelchain.eval.rag import JUDGED, score_rag_for_sides
-    from modelchain.tests.judge_stub import JudgeStub
+    from modelchain.bench.judge_stub import JudgeStub
 
     with JudgeStub(faults={"JSON format": "malformed"}) as stub:  # every judge answer is broken
         cfg = compose("finetune", [

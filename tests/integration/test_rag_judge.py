@@ -7,7 +7,7 @@ import pytest
 
 from modelchain.eval import rag
 from modelchain.eval.gate import GatePolicy, decide
-from modelchain.tests.judge_stub import JudgeStub
+from modelchain.bench.judge_stub import JudgeStub
 
 QUESTIONS = ["Who routes billing tickets?", "Where do parcels go?", "What did Kepler find?", "How are refunds paid?"]
 ANSWERS = ["The billing team does.", "To the shipping desk.", "Kepler found elliptical orbits.", "Refunds go to the original card."]
