@@ -356,10 +356,10 @@ def cmd_render(args) -> int:
     if crd_dir is None:
         raise CliError("no CRDs to validate against: pass --crd-dir DIR or set MODELCHAIN_CRD_DIR")
     try:
-        if args.what == "training":
-            from modelchain.training.pytorchjob import render
+        if args.what == "training":  # the manifests of the configured training backend
+            from modelchain.training.backends import get
 
-            manifests = render(cfg, args.name)
+            manifests = get(cfg.cluster.training.backend).render(cfg, args.name)
         elif args.what == "serving":
             from modelchain.components.canary.manifests import render
 

@@ -11,7 +11,7 @@ from modelchain.components.finetune.component import finetune
 from modelchain.components.gate.component import gate
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.register.component import register
-from modelchain.core.config import parameter_values
+from modelchain.core.config import group_json, parameter_values
 from modelchain.pipelines.build import place, run_parameters, settings_json
 
 
@@ -35,7 +35,10 @@ def build(cfg: DictConfig):
         ).set_display_name("data-prep")
         tune = place(
             finetune_op(
-                settings=settings,
+                model=group_json(cfg, "model"),
+                train=group_json(cfg, "train"),
+                cluster=group_json(cfg, "cluster"),
+                experiment=group_json(cfg, "experiment"),
                 splits=prep.outputs["splits"],
                 max_steps=params["max_steps"],
                 learning_rate=params["learning_rate"],
