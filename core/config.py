@@ -175,7 +175,7 @@ class EvalConfig:
     max_new_tokens: int = 16
     batch_size: int = 8
     min_examples: int = 20
-    # Absolute floors the challenger must reach, per metric (GATE_METRICS). Empty by default:
+    # Absolute floors the challenger must reach, per metric (eval/metrics.py GATE_METRICS). Empty by default:
     # a dict default would be merged into, so an option's `thresholds: {}` could not clear it.
     thresholds: dict[str, float] = field(default_factory=dict)
     # The challenger must beat the base model by at least this much on exact match.
@@ -619,20 +619,13 @@ def _one_line(exc: BaseException) -> str:
     return first if last in first else f"{first} ({last})"
 
 
-# Metrics `eval.thresholds` may set floors on: task accuracy, and the RAG scores (rag_*).
-GATE_METRICS = (
-    "exact_match", "rouge_l",
-    "rag_faithfulness", "rag_answer_relevancy", "rag_context_precision", "rag_context_recall",
-    "rag_string_similarity", "rag_rouge", "rag_bleu", "rag_exact_match",
-)
-
-
 # Lists with an owner elsewhere (data formats, gate metrics, LoRA targets, ...) are checked by
 # that owner: each module named here has `check_config(cfg, need)`. They are imported by name
 # because core sits below them in the dependency rule; each must stay light (no torch, no kfp).
 OWNER_CHECKS: tuple[str, ...] = (
     "modelchain.training.backends",
     "modelchain.training.lora_targets",
+    "modelchain.eval.metrics",
 )
 
 
@@ -665,16 +658,6 @@ def _validate(cfg: DictConfig) -> None:
         need(train.learning_rate > 0, "train.learning_rate", "must be > 0")
         need(train.lora.rank >= 1, "train.lora.rank", "must be >= 1")
         need(0.0 <= train.lora.dropout < 1.0, "train.lora.dropout", "must be in [0, 1)")
-        for metric, floor in cfg.eval.thresholds.items():
-            need(metric in GATE_METRICS, f"eval.thresholds.{metric}", f"unknown metric ({', '.join(GATE_METRICS)})")
-            need(0.0 <= floor <= 1.0, f"eval.thresholds.{metric}", f"must be in [0, 1], got {floor}")
-        for metric in cfg.eval.compare_metrics:
-            need(metric in ("exact_match", "rouge_l"), "eval.compare_metrics", f"{metric!r}: use exact_match or rouge_l")
-        need(0.5 <= cfg.eval.confidence < 1.0, "eval.confidence", f"must be in [0.5, 1), got {cfg.eval.confidence}")
-        need(cfg.eval.bootstrap_resamples >= 100, "eval.bootstrap_resamples", "must be >= 100")
-        need(cfg.eval.max_regression >= 0.0, "eval.max_regression", "must be >= 0")
-        need(cfg.eval.judge_concurrency >= 1, "eval.judge_concurrency", "must be >= 1")
-        need(not cfg.eval.judge_base_url or bool(cfg.eval.judge_model), "eval.judge_model", "needed with eval.judge_base_url")
     if "serve" in cfg:
         _validate_serve_canary(cfg.serve, need)
     rag = cfg.rag

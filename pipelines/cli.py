@@ -435,16 +435,17 @@ def cmd_eval(args) -> int:
 
     from modelchain.core.config import to_container
 
-    settings = to_container(_compose("finetune", args.overrides))
+    cfg = _compose("finetune", args.overrides)
+    settings = to_container(cfg)
     splits = args.splits
     if not splits:
         from modelchain.components.data_prep.logic import options_from_settings, prepare
 
         splits = os.path.join(args.out, "splits")
         prepare(settings["data"]["source"]["uri"], splits, **options_from_settings(settings))
-    from modelchain.components.gate.standalone import evaluate_and_gate
+    from modelchain.pipelines.evaluate_and_gate import evaluate_and_gate
 
-    decision = evaluate_and_gate(settings, splits, args.adapter, args.out, champion=args.champion)
+    decision = evaluate_and_gate(cfg, splits, args.adapter, args.out, champion=args.champion)
     print("\n".join(decision.reasons))
     print(f"gate: {'passed' if decision.passed else 'refused'}; report {os.path.join(args.out, 'gate_report.md')}")
     return 0 if decision.passed else GATE_REFUSED

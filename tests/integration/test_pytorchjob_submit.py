@@ -223,10 +223,12 @@ def test_finetune_component_on_eks(eks_settings, splits, tmp_path):
     assert run.data.metrics["cost_usd"] == pytest.approx(metrics["cost_usd"])
     assert run.data.params["pytorchjob"] == NAME and run.data.params["instance_type"] == "p5.48xlarge"
     # What the gate copies into the lineage: the job as the API server created it.
-    assert json.loads((out / "training_job.json").read_text()) == {
-        "kind": "PyTorchJob", "name": NAME, "namespace": NS, "uid": "7c1e9a52-3f4b-4d8e-9a6c-2b5d8f0e1a37",
-        "image": "nvcr.io/nvidia/nemo:25.07",
-    }
+    job = {"kind": "PyTorchJob", "name": NAME, "namespace": NS, "uid": "7c1e9a52-3f4b-4d8e-9a6c-2b5d8f0e1a37",
+           "image": "nvcr.io/nvidia/nemo:25.07"}
+    assert json.loads((out / "training_job.json").read_text()) == job
+    from modelchain.components.gate.logic import training_job
+
+    assert training_job(eks_settings["cluster"], out) == job
 
 
 def test_budget_refuses_before_anything_is_submitted(eks_settings, splits, tmp_path):

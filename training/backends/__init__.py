@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from modelchain.training.backends.base import TrainingBackend
+from modelchain.training.backends.base import TRAINING_JOB_RECORD, TrainingBackend
 
 BACKENDS: dict[str, str] = {
     "local": "modelchain.training.backends.local:LocalBackend",
@@ -35,4 +35,4 @@ def check_config(cfg, need) -> None:
         get(name).check_config(cfg, need)
 
 
-__all__ = ["BACKENDS", "TrainingBackend", "check_config", "get"]
+__all__ = ["BACKENDS", "TRAINING_JOB_RECORD", "TrainingBackend", "check_config", "get"]
