@@ -18,7 +18,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 PIPELINES = ("finetune", "rag_ingest")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-NEMO_LORA_TARGETS = ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
 
 
 class ConfigError(ValueError):
@@ -122,7 +121,8 @@ class LoraConfig:
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(NEMO_LORA_TARGETS))
+    # NeMo names; training/lora_targets.py owns the list of known ones and checks this.
+    target_modules: list[str] = field(default_factory=lambda: ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"])
 
 
 @dataclass
@@ -175,7 +175,7 @@ class EvalConfig:
     max_new_tokens: int = 16
     batch_size: int = 8
     min_examples: int = 20
-    # Absolute floors the challenger must reach, per metric (GATE_METRICS). Empty by default:
+    # Absolute floors the challenger must reach, per metric (eval/metrics.py GATE_METRICS). Empty by default:
     # a dict default would be merged into, so an option's `thresholds: {}` could not clear it.
     thresholds: dict[str, float] = field(default_factory=dict)
     # The challenger must beat the base model by at least this much on exact match.
@@ -397,8 +397,10 @@ class TaintConfig:
 
 @dataclass
 class TrainingClusterConfig:
-    """The PyTorchJob that runs the NeMo recipe (cluster.training)."""
+    """Where the finetune step trains (cluster.training): the backend, and the PyTorchJob's settings."""
 
+    # A name registered in modelchain.training.backends: local (this machine) | pytorchjob.
+    backend: str = "local"
     image: str = "nvcr.io/nvidia/nemo:25.07"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[TolerationConfig] = field(default_factory=list)
@@ -639,18 +641,16 @@ def _one_line(exc: BaseException) -> str:
     return first if last in first else f"{first} ({last})"
 
 
-# Metrics `eval.thresholds` may set floors on: task accuracy, and the RAG scores (rag_*).
-GATE_METRICS = (
-    "exact_match", "rouge_l",
-    "rag_faithfulness", "rag_answer_relevancy", "rag_context_precision", "rag_context_recall",
-    "rag_string_similarity", "rag_rouge", "rag_bleu", "rag_exact_match",
-)
-
-
 # Lists with an owner elsewhere (data formats, gate metrics, LoRA targets, ...) are checked by
 # that owner: each module named here has `check_config(cfg, need)`. They are imported by name
 # because core sits below them in the dependency rule; each must stay light (no torch, no kfp).
-OWNER_CHECKS: tuple[str, ...] = ("modelchain.core.vectorstore", "modelchain.core.embedder")
+OWNER_CHECKS: tuple[str, ...] = (
+    "modelchain.training.backends",
+    "modelchain.training.lora_targets",
+    "modelchain.eval.metrics",
+    "modelchain.core.vectorstore",
+    "modelchain.core.embedder",
+)
 
 
 def _need(ok: bool, key: str, why: str) -> None:
@@ -691,28 +691,6 @@ def _validate(cfg: DictConfig) -> None:
         need(train.learning_rate > 0, "train.learning_rate", "must be > 0")
         need(train.lora.rank >= 1, "train.lora.rank", "must be >= 1")
         need(0.0 <= train.lora.dropout < 1.0, "train.lora.dropout", "must be in [0, 1)")
-        unknown = sorted(set(train.lora.target_modules) - set(NEMO_LORA_TARGETS))
-        need(not unknown, "train.lora.target_modules", f"unknown NeMo targets {unknown}; use {NEMO_LORA_TARGETS}")
-        for metric, floor in cfg.eval.thresholds.items():
-            need(metric in GATE_METRICS, f"eval.thresholds.{metric}", f"unknown metric ({', '.join(GATE_METRICS)})")
-            need(0.0 <= floor <= 1.0, f"eval.thresholds.{metric}", f"must be in [0, 1], got {floor}")
-        for metric in cfg.eval.compare_metrics:
-            need(metric in ("exact_match", "rouge_l"), "eval.compare_metrics", f"{metric!r}: use exact_match or rouge_l")
-        need(0.5 <= cfg.eval.confidence < 1.0, "eval.confidence", f"must be in [0.5, 1), got {cfg.eval.confidence}")
-        need(cfg.eval.bootstrap_resamples >= 100, "eval.bootstrap_resamples", "must be >= 100")
-        need(cfg.eval.max_regression >= 0.0, "eval.max_regression", "must be >= 0")
-        need(cfg.eval.judge_concurrency >= 1, "eval.judge_concurrency", "must be >= 1")
-        need(not cfg.eval.judge_base_url or bool(cfg.eval.judge_model), "eval.judge_model", "needed with eval.judge_base_url")
-        need(cfg.model.path or cfg.model.gguf_package or cluster.kind == "eks", "model.path",
-             "a local run needs model.path or model.gguf_package")
-        if cluster.kind == "eks":
-            _validate_cluster_training(cfg, need)
-        else:
-            need(train.batch_size * train.grad_accum >= train.procs_per_node, "train.procs_per_node",
-                 f"{train.procs_per_node} processes need at least as many conversations a step "
-                 f"(batch_size x grad_accum = {train.batch_size * train.grad_accum})")
-            need(train.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
-            need(train.local.keep_checkpoints >= 1, "train.local.keep_checkpoints", "must be >= 1")
     if "serve" in cfg:
         _validate_serve_canary(cfg.serve, need)
     rag = cfg.rag
@@ -749,29 +727,6 @@ def _validate_data(data: DictConfig, need) -> None:
          f"must be auto, langfuse or otel, got {data.feedback.format!r}")
     for key in ("min_response_chars", "min_prompt_chars", "workers"):
         need(data[key] >= 0, f"data.{key}", "must be >= 0")
-
-
-def _validate_cluster_training(cfg: DictConfig, need) -> None:
-    """What a PyTorchJob running the NeMo recipe needs to be placeable and well-shaped."""
-    train, training = cfg.train, cfg.cluster.training
-    need(training.restart_policy in ("OnFailure", "ExitCode", "Never"), "cluster.training.restart_policy",
-         f"must be OnFailure, ExitCode or Never, got {training.restart_policy!r}")
-    need(train.procs_per_node <= training.gpus_per_node, "train.procs_per_node",
-         f"{train.procs_per_node} processes need as many GPUs, but cluster.training.gpus_per_node is "
-         f"{training.gpus_per_node}")
-    world = train.nodes * train.procs_per_node
-    model_parallel = train.tensor_parallel * train.pipeline_parallel
-    need(train.tensor_parallel >= 1 and train.pipeline_parallel >= 1, "train.tensor_parallel", "must be >= 1")
-    need(world % model_parallel == 0, "train.tensor_parallel",
-         f"tensor_parallel x pipeline_parallel = {model_parallel} must divide nodes x procs_per_node = {world}")
-    data_parallel = world // model_parallel if world % model_parallel == 0 else 1
-    global_batch = train.batch_size * train.grad_accum
-    step = train.nemo.micro_batch_size * data_parallel
-    need(train.nemo.micro_batch_size >= 1, "train.nemo.micro_batch_size", "must be >= 1")
-    need(global_batch % step == 0, "train.batch_size",
-         f"batch_size x grad_accum = {global_batch} must be a multiple of micro_batch_size x data-parallel "
-         f"size = {step}")
-    need(train.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
 
 
 # An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
+
+from modelchain.core.config import EvalConfig
 
 
 @dataclass(frozen=True)
@@ -61,33 +63,33 @@ def paired_bootstrap(
     return Interval(float(diffs.mean()), float(low), float(high), confidence, n)
 
 
+# The eval group's schema: the one place its defaults are written.
+_EVAL = EvalConfig()
+
+
 @dataclass(frozen=True)
 class GatePolicy:
-    """What the gate asks for; built from the `eval` config group (see `from_config`)."""
+    """What the gate asks for; built from the `eval` config group (see `from_config`).
 
-    thresholds: Mapping[str, float] = field(default_factory=dict)
-    min_examples: int = 20
-    min_improvement: float = 0.0
-    max_regression: float = 0.0
-    compare_metrics: Sequence[str] = ("exact_match",)
-    bootstrap_resamples: int = 2000
-    confidence: float = 0.95
-    seed: int = 0
+    A field left out takes the `eval` schema's default.
+    """
+
+    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(_EVAL.thresholds))
+    min_examples: int = _EVAL.min_examples
+    min_improvement: float = _EVAL.min_improvement
+    max_regression: float = _EVAL.max_regression
+    compare_metrics: Sequence[str] = tuple(_EVAL.compare_metrics)
+    bootstrap_resamples: int = _EVAL.bootstrap_resamples
+    confidence: float = _EVAL.confidence
+    seed: int = _EVAL.seed
 
     @classmethod
     def from_config(cls, ev: Mapping, **overrides) -> "GatePolicy":
-        """The policy from an `eval` config mapping; keyword arguments replace its values."""
-        values = {
-            "thresholds": {k: float(v) for k, v in dict(ev.get("thresholds") or {}).items()},
-            "min_examples": int(ev.get("min_examples", 20)),
-            "min_improvement": float(ev.get("min_improvement", 0.0)),
-            "max_regression": float(ev.get("max_regression", 0.0)),
-            "compare_metrics": tuple(ev.get("compare_metrics") or ("exact_match",)),
-            "bootstrap_resamples": int(ev.get("bootstrap_resamples", 2000)),
-            "confidence": float(ev.get("confidence", 0.95)),
-            "seed": int(ev.get("seed", 0)),
-        }
+        """The policy from the `eval` group (typed config or mapping); keyword arguments replace its values."""
+        values = {f.name: ev[f.name] for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values["thresholds"] = {k: float(v) for k, v in dict(values["thresholds"]).items()}
+        values["compare_metrics"] = tuple(values["compare_metrics"])
         return cls(**values)
 
 

@@ -1,11 +1,20 @@
-"""Reference-based answer metrics: exact match and ROUGE-L."""
+"""Reference-based answer metrics, and the registry of the metrics the gate knows.
+
+`ANSWER_METRICS` is the one list of per-example answer metrics: evaluate scores every one
+of them for every side, the gate compares sides on them (`eval.compare_metrics`) and sets
+floors on them (`eval.thresholds`). `GATE_METRICS` adds the RAG scores (eval/rag.py), which
+are means without per-example pairs, so they take floors only. Adding an answer metric is
+one function here and one line in ANSWER_METRICS.
+"""
 
 from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+
+from modelchain.eval.rag import JUDGED, OFFLINE
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -48,23 +57,43 @@ def rouge_l(prediction: str, reference: str) -> float:
     return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
 
 
+# name -> scorer(prediction, reference) -> a score in [0, 1]
+ANSWER_METRICS: dict[str, Callable[[str, str], float]] = {
+    "exact_match": exact_match,
+    "rouge_l": rouge_l,
+}
+# Metrics `eval.thresholds` may set floors on: the answer metrics, and the RAG scores (rag_*).
+GATE_METRICS: tuple[str, ...] = (*ANSWER_METRICS, *(f"rag_{m}" for m in dict.fromkeys(JUDGED + OFFLINE)))
+
+
 def score_examples(predictions: Sequence[str], references: Sequence[str]) -> dict:
-    """Score answers against references.
+    """Score answers against references with every metric of ANSWER_METRICS.
 
     Returns ``{"n": N, "exact_match": [...], "rouge_l": [...], "mean": {"exact_match": m,
     "rouge_l": m}}``: per-example lists under the metric names, their means under "mean".
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    em = [exact_match(p, r) for p, r in zip(predictions, references)]
-    rl = [rouge_l(p, r) for p, r in zip(predictions, references)]
-    n = len(em)
-    return {
-        "n": n,
-        "exact_match": em,
-        "rouge_l": rl,
-        "mean": {
-            "exact_match": sum(em) / n if n else 0.0,
-            "rouge_l": sum(rl) / n if n else 0.0,
-        },
-    }
+    n = len(predictions)
+    out: dict = {"n": n, "mean": {}}
+    for name, metric in ANSWER_METRICS.items():
+        out[name] = [metric(p, r) for p, r in zip(predictions, references)]
+        out["mean"][name] = sum(out[name]) / n if n else 0.0
+    return out
+
+
+def check_config(cfg, need) -> None:
+    """Config validation of the eval group (core.config.OWNER_CHECKS), each check naming its key."""
+    if "eval" not in cfg:
+        return
+    ev = cfg.eval
+    for metric, floor in ev.thresholds.items():
+        need(metric in GATE_METRICS, f"eval.thresholds.{metric}", f"unknown metric ({', '.join(GATE_METRICS)})")
+        need(0.0 <= floor <= 1.0, f"eval.thresholds.{metric}", f"must be in [0, 1], got {floor}")
+    for metric in ev.compare_metrics:
+        need(metric in ANSWER_METRICS, "eval.compare_metrics", f"{metric!r}: use {' or '.join(ANSWER_METRICS)}")
+    need(0.5 <= ev.confidence < 1.0, "eval.confidence", f"must be in [0.5, 1), got {ev.confidence}")
+    need(ev.bootstrap_resamples >= 100, "eval.bootstrap_resamples", "must be >= 100")
+    need(ev.max_regression >= 0.0, "eval.max_regression", "must be >= 0")
+    need(ev.judge_concurrency >= 1, "eval.judge_concurrency", "must be >= 1")
+    need(not ev.judge_base_url or bool(ev.judge_model), "eval.judge_model", "needed with eval.judge_base_url")

@@ -2,7 +2,8 @@
 
 Sections: the verdict; every metric per side with the paired intervals the gate used; the
 rules with their reasons; judge failure counts (RAG scoring); the worst examples of the
-challenger beside the champion's (or the base model's) answers.
+challenger beside the champion's (or the base model's) answers. `render_evaluation` is
+evaluate's own shorter summary (its KFP report and the gate run's eval/report.md).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from collections.abc import Mapping
 
 from modelchain.eval.gate import GateDecision, GatePolicy, paired_bootstrap
+from modelchain.eval.metrics import ANSWER_METRICS
 
 WORST_EXAMPLES = 10
 
@@ -51,7 +53,7 @@ def _tables(decision: GateDecision, results: Mapping, policy: GatePolicy) -> lis
     examples = results.get("examples", [])
     if examples and other in sides:
         def key(e):
-            return tuple(e.get(f"challenger_{m}", 0.0) - e.get(f"{other}_{m}", 0.0) for m in ("exact_match", "rouge_l"))
+            return tuple(e.get(f"challenger_{m}", 0.0) - e.get(f"{other}_{m}", 0.0) for m in ANSWER_METRICS)
         worst = sorted(examples, key=key)[:WORST_EXAMPLES]
         tables.append((f"Worst {len(worst)} examples: challenger beside {other}",
                        ["prompt", "reference", other, "challenger"],
@@ -111,3 +113,29 @@ def _num(value) -> str:
 
 def _cut(text: str, limit: int = 160) -> str:
     return " ".join(str(text).split())[:limit]
+
+
+# --------------------------------------------------------------------------- evaluate's own report
+
+
+def render_evaluation(results: Mapping) -> str:
+    """Evaluate's short summary in Markdown (the gate report carries the intervals)."""
+    sides = results.get("sides", ["base", "challenger"])
+    lines = [
+        f"# Evaluation on the {results['split']} split ({results['n_examples']} examples)",
+        "",
+        "| metric | " + " | ".join(sides) + " |",
+        "| --- |" + " ---: |" * len(sides),
+    ]
+    for metric in results["challenger"]:
+        lines.append(f"| {metric} | " + " | ".join(f"{results[s].get(metric, float('nan')):.3f}" for s in sides) + " |")
+    wrong = [e for e in results["examples"] if e["challenger_exact_match"] < 1.0][:10]
+    if wrong:
+        lines += ["", "## Examples the challenger gets wrong (first 10)", "",
+                  "| reference | " + " | ".join(sides) + " |", "| --- |" + " --- |" * len(sides)]
+        lines += [f"| {_cell(e['reference'])} | " + " | ".join(_cell(e[s]) for s in sides) + " |" for e in wrong]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")[:120]

@@ -373,10 +373,10 @@ def cmd_render(args) -> int:
     if crd_dir is None:
         raise CliError("no CRDs to validate against: pass --crd-dir DIR or set MODELCHAIN_CRD_DIR")
     try:
-        if args.what == "training":
-            from modelchain.training.pytorchjob import render
+        if args.what == "training":  # the manifests of the configured training backend
+            from modelchain.training.backends import get
 
-            manifests = render(cfg, args.name)
+            manifests = get(cfg.cluster.training.backend).render(cfg, args.name)
         elif args.what == "serving":
             from modelchain.components.canary.manifests import render
 
@@ -452,16 +452,17 @@ def cmd_eval(args) -> int:
 
     from modelchain.core.config import to_container
 
-    settings = to_container(_compose("finetune", args.overrides))
+    cfg = _compose("finetune", args.overrides)
+    settings = to_container(cfg)
     splits = args.splits
     if not splits:
         from modelchain.components.data_prep.logic import options_from_settings, prepare
 
         splits = os.path.join(args.out, "splits")
         prepare(settings["data"]["source"]["uri"], splits, **options_from_settings(settings))
-    from modelchain.components.gate.standalone import evaluate_and_gate
+    from modelchain.pipelines.evaluate_and_gate import evaluate_and_gate
 
-    decision = evaluate_and_gate(settings, splits, args.adapter, args.out, champion=args.champion)
+    decision = evaluate_and_gate(cfg, splits, args.adapter, args.out, champion=args.champion)
     print("\n".join(decision.reasons))
     print(f"gate: {'passed' if decision.passed else 'refused'}; report {os.path.join(args.out, 'gate_report.md')}")
     return 0 if decision.passed else GATE_REFUSED

@@ -11,8 +11,8 @@ from modelchain.components.finetune.component import finetune
 from modelchain.components.gate.component import gate
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.register.component import register
-from modelchain.core.config import component_image, parameter_values
-from modelchain.pipelines.build import place, run_parameters, settings_json
+from modelchain.core.config import component_image, group_json, parameter_values
+from modelchain.pipelines.build import git_commit, place, run_parameters, settings_json
 
 
 def build(cfg: DictConfig):
@@ -35,7 +35,10 @@ def build(cfg: DictConfig):
         ).set_display_name("data-prep")
         tune = place(
             finetune_op(
-                settings=settings,
+                model=group_json(cfg, "model"),
+                train=group_json(cfg, "train"),
+                cluster=group_json(cfg, "cluster"),
+                experiment=group_json(cfg, "experiment"),
                 splits=prep.outputs["splits"],
                 max_steps=params["max_steps"],
                 learning_rate=params["learning_rate"],
@@ -46,26 +49,37 @@ def build(cfg: DictConfig):
         )
         scored = place(
             evaluate_op(
-                settings=settings, splits=prep.outputs["splits"], adapter=tune.outputs["adapter"], champion=params["champion"]
+                model=group_json(cfg, "model"),
+                eval=group_json(cfg, "eval"),
+                cluster=group_json(cfg, "cluster"),
+                rag=group_json(cfg, "rag"),
+                splits=prep.outputs["splits"],
+                adapter=tune.outputs["adapter"],
+                champion=params["champion"],
             ),
             cluster,
         )
         decided = place(
             gate_op(
-                settings=settings,
+                **{group: group_json(cfg, group) for group in ("model", "data", "train", "eval", "cluster", "experiment")},
                 results=scored.outputs["results"],
                 splits=prep.outputs["splits"],
                 adapter=tune.outputs["adapter"],
-                thresholds=params["thresholds"],
-                min_improvement=params["min_improvement"],
+                **params,  # every run-time value: the gate records the run's config as it ran
                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                git_commit=git_commit(),
             ),
             cluster,
         )
         with dsl.If(decided.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (KFP condition)
             registered = place(
                 register_op(
-                    settings=settings, mlflow_run=decided.outputs["mlflow_run"], adapter=tune.outputs["adapter"]
+                    model=group_json(cfg, "model"),
+                    data=group_json(cfg, "data"),
+                    cluster=group_json(cfg, "cluster"),
+                    experiment=group_json(cfg, "experiment"),
+                    mlflow_run=decided.outputs["mlflow_run"],
+                    adapter=tune.outputs["adapter"],
                 ),
                 cluster,
             )

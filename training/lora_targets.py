@@ -3,11 +3,19 @@
 The configs speak NeMo's names, because the production recipe is NeMo's. NeMo fuses the
 attention input projections into ``linear_qkv`` and the gated MLP input into ``linear_fc1``,
 so one NeMo name can stand for several Hugging Face modules of a Llama-style model.
+
+This module is the owner of the target list: config validation asks `check_config`, and
+`check_adapter` checks an exported adapter against it. It uses the standard library only:
+the training pod imports it beside the NeMo entrypoint (training/pytorchjob.py ships both).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 NEMO_TO_HF: dict[str, tuple[str, ...]] = {
     "linear_qkv": ("q_proj", "k_proj", "v_proj"),
@@ -62,3 +70,27 @@ def hf_to_nemo(names: str | Iterable[str]) -> list[str]:
                 f"missing {missing}"
             )
     return nemo
+
+
+def check_adapter(folder: str | os.PathLike, spec: dict[str, Any]) -> dict[str, Any]:
+    """The exported adapter must adapt exactly the HF modules our NeMo targets stand for.
+
+    ``spec`` is the NeMo entrypoint's run spec (its ``lora.target_modules`` and ``lora.dim``).
+    """
+    config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+    want = set(nemo_to_hf(spec["lora"]["target_modules"]))
+    got = set(config.get("target_modules") or [])
+    if got != want:
+        raise ValueError(f"exported adapter targets {sorted(got)}, expected {sorted(want)}")
+    if config.get("r") != spec["lora"]["dim"]:
+        raise ValueError(f"exported adapter has rank {config.get('r')}, expected {spec['lora']['dim']}")
+    return config
+
+
+def check_config(cfg, need) -> None:
+    """Config validation (core.config.OWNER_CHECKS): LoRA targets are NeMo names we can map."""
+    if "train" not in cfg:
+        return
+    known = list(NEMO_TO_HF)
+    unknown = sorted(set(cfg.train.lora.target_modules) - set(known))
+    need(not unknown, "train.lora.target_modules", f"unknown NeMo targets {unknown}; use {known}")

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 try:
-    from modelchain.training.lora_targets import nemo_to_hf
+    from modelchain.training.lora_targets import check_adapter
 except ImportError:  # in the training pod this file and lora_targets.py sit side by side
-    from lora_targets import nemo_to_hf
+    from lora_targets import check_adapter
 
 PREPARED = ".prepared.json"
 # The prompt ends where the chat template opens the assistant's turn: no separator between.
@@ -152,19 +152,6 @@ def plain_prompt(messages: list[dict]) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
 
-def stage_splits(splits_dir: str | os.PathLike, dataset_root: str | os.PathLike) -> Path:
-    """Copy the data_prep splits (train.jsonl, val.jsonl) where the training pods read them."""
-    root = Path(dataset_root)
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("train.jsonl", "val.jsonl"):
-        source = Path(splits_dir) / name
-        if source.exists():
-            tmp = root / f".{name}.tmp"
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, root / name)
-    return root
-
-
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -277,18 +264,6 @@ def export_adapter(spec: dict[str, Any]) -> Path:
         shutil.rmtree(target)
     os.replace(tmp, target)
     return target
-
-
-def check_adapter(folder: str | os.PathLike, spec: dict[str, Any]) -> dict[str, Any]:
-    """The exported adapter must adapt exactly the HF modules our NeMo targets stand for."""
-    config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
-    want = set(nemo_to_hf(spec["lora"]["target_modules"]))
-    got = set(config.get("target_modules") or [])
-    if got != want:
-        raise ValueError(f"exported adapter targets {sorted(got)}, expected {sorted(want)}")
-    if config.get("r") != spec["lora"]["dim"]:
-        raise ValueError(f"exported adapter has rank {config.get('r')}, expected {spec['lora']['dim']}")
-    return config
 
 
 # --------------------------------------------------------------------------- main

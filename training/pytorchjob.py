@@ -16,8 +16,10 @@ import collections
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import secrets
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -54,6 +56,19 @@ def job_name(cfg, *, unique: bool = False) -> str:
 
 def run_dir(cfg, name: str) -> str:
     return f"{cfg.cluster.training.run_root.rstrip('/')}/{name}"
+
+
+def stage_splits(splits_dir: str | os.PathLike, dataset_root: str | os.PathLike) -> Path:
+    """Copy the data_prep splits (train.jsonl, val.jsonl) where the training pods read them."""
+    root = Path(dataset_root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("train.jsonl", "val.jsonl"):
+        source = Path(splits_dir) / name
+        if source.exists():
+            tmp = root / f".{name}.tmp"
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, root / name)
+    return root
 
 
 def _spec_inputs(cfg) -> dict[str, Any]:
@@ -254,7 +269,7 @@ def submit_and_wait(
     Raises TrainingJobError naming the pods' reasons when the job fails, when a pod cannot
     start (image pull, unschedulable for longer than `max_pending_s`) or after `timeout_s`;
     in the last two cases the job is deleted so it holds no GPUs. Returns the job's name,
-    start and completion times and duration.
+    uid, start and completion times and duration.
     """
     from kubeflow.training import TrainingClient
 
@@ -313,6 +328,7 @@ def submit_and_wait(
     return {
         "name": name,
         "namespace": namespace,
+        "uid": created.metadata.uid,
         "start_time": start.isoformat() if start else None,
         "completion_time": end.isoformat() if end else None,
         "duration_s": (end - start).total_seconds() if start and end else None,

@@ -4,7 +4,10 @@ from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
 
 def evaluate(
-    settings: str,
+    model: str,
+    eval: str,  # noqa: A002 (named after its config group, as every group parameter is)
+    cluster: str,
+    rag: str,
     splits: Input[Dataset],
     adapter: Input[Model],
     champion: str,
@@ -13,15 +16,24 @@ def evaluate(
     report: Output[Markdown],
 ):
     """Score the base model, the adapter and the champion (if any) on the held-out split."""
-    import json
     from pathlib import Path
 
-    from modelchain.components.evaluate.logic import render_markdown, run
+    from modelchain.components.evaluate.logic import run
+    from modelchain.core.config import load_group
+    from modelchain.eval.report import render_evaluation
 
-    summary = run(json.loads(settings), splits.path, adapter.path, results.path, champion=champion)
+    summary = run(
+        load_group("model", model),
+        load_group("eval", eval, champion=champion),
+        load_group("cluster", cluster),
+        load_group("rag", rag),
+        splits.path,
+        adapter.path,
+        results.path,
+    )
     for side in summary["sides"]:
         for metric, value in summary[side].items():
             if value == value:  # NaN cannot be logged
                 metrics.log_metric(f"{side}_{metric}", value)
     metrics.log_metric("n_examples", summary["n_examples"])
-    Path(report.path).write_text(render_markdown(summary))
+    Path(report.path).write_text(render_evaluation(summary))

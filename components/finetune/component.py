@@ -4,7 +4,10 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 
 def finetune(
-    settings: str,
+    model: str,
+    train: str,
+    cluster: str,
+    experiment: str,
     splits: Input[Dataset],
     max_steps: int,
     learning_rate: float,
@@ -14,18 +17,17 @@ def finetune(
     metrics: Output[Metrics],
 ):
     """Train a LoRA adapter on the train split; the adapter folder is the output."""
-    import json
-
     from modelchain.components.finetune.logic import run
+    from modelchain.core.config import load_group
 
     result = run(
-        json.loads(settings),
+        load_group("model", model),
+        load_group("train", train, max_steps=max_steps, learning_rate=learning_rate, lora_rank=lora_rank,
+                   lora_alpha=lora_alpha),
+        load_group("cluster", cluster),
+        load_group("experiment", experiment),
         splits.path,
         adapter.path,
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        lora_rank=lora_rank,
-        lora_alpha=lora_alpha,
     )
     adapter.metadata["framework"] = "peft"
     for key, value in result.items():

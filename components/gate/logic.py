@@ -3,7 +3,8 @@
 The MLflow run is written whatever the decision, so a refusal is never silent: it is
 tagged `gate.decision=refused` with every reason. The run holds the lineage record that
 register copies onto the model version: `lineage.*` tags, eval metrics, the gate report,
-the eval report and results, the data card, and the resolved config and training config.
+the eval report and results, the data card, and the config groups the run used (with its
+run-time values) and the training config.
 """
 
 from __future__ import annotations
@@ -11,45 +12,49 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from modelchain.components.evaluate.logic import render_markdown as render_eval_markdown
 from modelchain.core import registry
 from modelchain.core.config import registered_model_name
 from modelchain.core.io import atomic_write_text, sha256_text
 from modelchain.eval.gate import GateDecision, GatePolicy, decide
-from modelchain.eval.report import render_html, render_markdown
+from modelchain.eval.metrics import ANSWER_METRICS
+from modelchain.eval.report import render_evaluation, render_html, render_markdown
+from modelchain.training.backends import TRAINING_JOB_RECORD, get as training_backend
 
 
 def run(
-    settings: dict[str, Any],
+    model,
+    data,
+    train,
+    ev,
+    cluster,
+    experiment,
     results: dict,
     *,
-    thresholds: dict[str, float] | None = None,
-    min_improvement: float | None = None,
     report_path: str | Path,
     splits_dir: str | Path,
     adapter_dir: str | Path,
     kfp_run_id: str = "",
+    git_commit: str = "",
     html_path: str | Path | None = None,
 ) -> tuple[GateDecision, str]:
     """Decide, write the Markdown (and HTML) report, log the MLflow run; returns (decision, run id).
 
-    `thresholds` and `min_improvement` (pipeline parameters) replace the config's values when given.
+    The groups are typed configs holding the run's values (the policy's thresholds and
+    min_improvement in `ev`; max_steps, learning rate, LoRA rank and alpha in `train`).
     """
-    policy = GatePolicy.from_config(
-        settings["eval"],
-        thresholds=None if thresholds is None else {k: float(v) for k, v in thresholds.items()},
-        min_improvement=None if min_improvement is None else float(min_improvement),
-    )
+    groups = {"model": model, "data": data, "train": train, "eval": ev, "cluster": cluster, "experiment": experiment}
+    policy = GatePolicy.from_config(ev)
     decision = decide_results(results, policy)
     atomic_write_text(report_path, render_markdown(decision, results, policy))
     if html_path:
         atomic_write_text(html_path, render_html(decision, results, policy))
     run_id = _record(
-        settings, decision, results, Path(report_path), Path(splits_dir), Path(adapter_dir), kfp_run_id,
+        groups, decision, results, Path(report_path), Path(splits_dir), Path(adapter_dir), kfp_run_id, git_commit,
         Path(html_path) if html_path else None,
     )
     return decision, run_id
@@ -60,7 +65,7 @@ def decide_results(results: dict, policy: GatePolicy) -> GateDecision:
     sides = [s for s in ("base", "champion", "challenger") if isinstance(results.get(s), dict)]
     scores = results.get("scores") or {
         side: {m: [e[f"{side}_{m}"] for e in results.get("examples", []) if f"{side}_{m}" in e]
-               for m in ("exact_match", "rouge_l")}
+               for m in ANSWER_METRICS}
         for side in sides
     }
     summary = {side: dict(results[side]) for side in sides}
@@ -81,48 +86,38 @@ def decision_metrics(decision: GateDecision) -> dict[str, float]:
     return out
 
 
-# Written beside the adapter by the cluster launcher: {"name": PyTorchJob, "namespace": ..., "image": ...}.
-TRAINING_JOB_RECORD = "training_job.json"
+def training_job(cluster, adapter_dir: str | Path) -> dict[str, str]:
+    """The job that trained the adapter: what its backend recorded beside it (TRAINING_JOB_RECORD),
+    over what the configured backend says of a run that records nothing (the local trainer)."""
+    recorded = _read_json(Path(adapter_dir) / TRAINING_JOB_RECORD)
+    return {**training_backend(cluster.training.backend).job_record(cluster), **recorded}
 
 
 def lineage_tags(
-    settings: dict[str, Any], card: dict, kfp_run_id: str, training_job: dict | None = None
+    groups: dict[str, Any], card: dict, kfp_run_id: str, git_commit: str, job: dict[str, str]
 ) -> dict[str, str]:
     """Tags that walk from a model version back to its data, code, config and training job."""
-    model, cluster = settings["model"], settings["cluster"]
-    local = cluster["kind"] == "local"
-    job = training_job or {}
-    # The training image moved under cluster.training; read either shape.
-    image = job.get("image") or (cluster.get("training") or {}).get("image") or cluster.get("training_image", "")
+    model, cluster = groups["model"], groups["cluster"]
     tags = {
         "lineage.dataset_uri": ",".join(card.get("source_uris", [])),
-        "lineage.dataset_name": settings["data"]["name"],
-        "lineage.base_model": model["hf_id"],
-        "lineage.base_model_revision": model["revision"],
-        "lineage.training_image": "local" if local else image,
-        "lineage.pytorchjob": job.get("name") or ("local" if local else ""),
+        "lineage.dataset_name": groups["data"].name,
+        "lineage.base_model": model.hf_id,
+        "lineage.base_model_revision": model.revision,
+        "lineage.training_image": job.get("image", ""),
+        "lineage.pytorchjob": job.get("name", ""),  # the training job's name, whatever its kind
+        "lineage.training_job_kind": job.get("kind", ""),
+        "lineage.training_job_namespace": job.get("namespace", ""),
+        "lineage.training_job_uid": job.get("uid", ""),
         "lineage.kfp_run_id": kfp_run_id,
-        "lineage.git_commit": settings.get("build", {}).get("git_commit", ""),
-        "lineage.cluster": cluster["name"],
-        "lineage.registered_model": registered_model_name(OmegaConf.create(settings)),
-        "lineage.config_sha256": sha256_text(_config_json(settings)),
+        "lineage.git_commit": git_commit,
+        "lineage.cluster": cluster.name,
+        "lineage.registered_model": registered_model_name(SimpleNamespace(**groups)),
+        "lineage.config_sha256": sha256_text(_config_json(groups)),
     }
     for split, info in card.get("splits", {}).items():
         tags[f"lineage.split.{split}.sha256"] = info["sha256"]
         tags[f"lineage.split.{split}.rows"] = str(info["count"])
     return tags
-
-
-def resolved_training(settings: dict[str, Any], train_metrics: dict) -> dict[str, Any]:
-    """The training config as it ran: config values, overridden by what the trainer recorded.
-
-    Run-time pipeline parameters (max_steps, learning rate, LoRA rank/alpha) can differ from
-    the compiled config; the trainer's own record is the truth.
-    """
-    resolved = json.loads(json.dumps(settings["train"]))
-    for key, value in train_metrics.get("settings", {}).items():
-        (resolved["lora"] if key in ("rank", "alpha", "dropout", "target_modules") else resolved)[key] = value
-    return resolved
 
 
 def _log_loss_series(client, run_id: str, losses: list) -> None:
@@ -137,8 +132,10 @@ def _log_loss_series(client, run_id: str, losses: list) -> None:
         client.log_batch(run_id, metrics=series[start : start + 1000])
 
 
-def _config_json(settings: dict[str, Any]) -> str:
-    return json.dumps(settings, indent=2, sort_keys=True, default=str)
+def _config_json(groups: dict[str, Any]) -> str:
+    """The config groups of the run, with its run-time values, as JSON."""
+    resolved = {name: OmegaConf.to_container(node, resolve=True) for name, node in groups.items()}
+    return json.dumps(resolved, indent=2, sort_keys=True, default=str)
 
 
 def _finite(value) -> bool:
@@ -149,24 +146,24 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _record(settings, decision, results, report_path, splits_dir, adapter_dir, kfp_run_id, html_path=None) -> str:
-    mlflow_cfg = settings["cluster"]["mlflow"]
-    client = registry.client(mlflow_cfg["tracking_uri"])
-    experiment_id = registry.ensure_experiment(client, settings["experiment"]["name"], mlflow_cfg["artifact_location"])
+def _record(groups, decision, results, report_path, splits_dir, adapter_dir, kfp_run_id, git_commit,
+            html_path=None) -> str:
+    mlflow_cfg, train = groups["cluster"].mlflow, groups["train"]
+    client = registry.client(mlflow_cfg.tracking_uri)
+    experiment_id = registry.ensure_experiment(client, groups["experiment"].name, mlflow_cfg.artifact_location)
     card = json.loads((splits_dir / "data_card.json").read_text())
     train_metrics = _read_json(adapter_dir / "train_metrics.json")
-    training = resolved_training(settings, train_metrics)
     params = {
-        "model": settings["model"]["name"],
-        "data": settings["data"]["name"],
-        "lora.rank": training["lora"]["rank"],
-        "lora.alpha": training["lora"]["alpha"],
-        "lora.dropout": training["lora"]["dropout"],
-        "lora.target_modules": ",".join(training["lora"]["target_modules"]),
-        "max_steps": training["max_steps"],
-        "learning_rate": training["learning_rate"],
-        "batch_size": training["batch_size"],
-        "max_seq_len": training["max_seq_len"],
+        "model": groups["model"].name,
+        "data": groups["data"].name,
+        "lora.rank": train.lora.rank,
+        "lora.alpha": train.lora.alpha,
+        "lora.dropout": train.lora.dropout,
+        "lora.target_modules": ",".join(train.lora.target_modules),
+        "max_steps": train.max_steps,
+        "learning_rate": train.learning_rate,
+        "batch_size": train.batch_size,
+        "max_seq_len": train.max_seq_len,
     }
     metrics = {
         f"{side}.{k}": v
@@ -180,7 +177,7 @@ def _record(settings, decision, results, report_path, splits_dir, adapter_dir, k
     metrics |= {k: v for k, v in decision_metrics(decision).items() if _finite(v)}
     metrics["eval.n_examples"] = results["n_examples"]
     metrics |= {f"train.{k}": v for k, v in train_metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tags = lineage_tags(settings, card, kfp_run_id, _read_json(adapter_dir / TRAINING_JOB_RECORD)) | {
+    tags = lineage_tags(groups, card, kfp_run_id, git_commit, training_job(groups["cluster"], adapter_dir)) | {
         "gate.decision": "passed" if decision.passed else "refused",
         "gate.reasons": " | ".join(decision.reasons)[:5000],
         "modelchain.pipeline": "finetune",
@@ -205,9 +202,10 @@ def _record(settings, decision, results, report_path, splits_dir, adapter_dir, k
         if source is not None and source.is_file():
             client.log_artifact(run_id, str(source), folder)
     _log_loss_series(client, run_id, train_metrics.get("losses") or [])
-    client.log_text(run_id, _config_json(settings), "config/resolved_config.json")
-    client.log_text(run_id, json.dumps(training, indent=2, sort_keys=True), "config/training.json")
+    client.log_text(run_id, _config_json(groups), "config/resolved_config.json")
+    client.log_text(run_id, json.dumps(OmegaConf.to_container(train, resolve=True), indent=2, sort_keys=True),
+                    "config/training.json")
     client.log_text(run_id, json.dumps(results, indent=2, default=str), "eval/results.json")
     if "examples" in results:
-        client.log_text(run_id, render_eval_markdown(results), "eval/report.md")
+        client.log_text(run_id, render_evaluation(results), "eval/report.md")
     return run_id

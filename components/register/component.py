@@ -3,14 +3,16 @@
 from kfp.dsl import Artifact, Input, Model
 
 
-def register(settings: str, mlflow_run: Input[Artifact], adapter: Input[Model]) -> str:
+def register(model: str, data: str, cluster: str, experiment: str, mlflow_run: Input[Artifact], adapter: Input[Model]) -> str:
     """Register the adapter as a model version with alias challenger; returns models:/NAME/VERSION."""
     import json
 
     from modelchain.components.register.logic import run
+    from modelchain.core.config import load_group
 
     with open(mlflow_run.path) as handle:
         mlflow_run_id = json.load(handle)["run_id"]
-    uri = run(json.loads(settings), mlflow_run_id, adapter.path)
+    uri = run(load_group("model", model), load_group("data", data), load_group("cluster", cluster),
+              load_group("experiment", experiment), mlflow_run_id, adapter.path)
     print(f"registered {uri} (alias challenger)")
     return uri

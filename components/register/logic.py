@@ -9,9 +9,7 @@ that run, beside the reports, the data card and the resolved config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from omegaconf import OmegaConf
+from types import SimpleNamespace
 
 from modelchain.core import registry
 from modelchain.core.config import registered_model_name
@@ -29,13 +27,13 @@ def version_tags(run) -> dict[str, str]:
     return tags
 
 
-def run(settings: dict[str, Any], mlflow_run_id: str, adapter_dir: str | Path) -> str:
-    """Returns the registered model URI, `models:/NAME/VERSION`."""
+def run(model, data, cluster, experiment, mlflow_run_id: str, adapter_dir: str | Path) -> str:
+    """Returns the registered model URI, `models:/NAME/VERSION`; the groups are typed configs."""
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():  # before any network call
         raise registry.RegistryError(f"{adapter_dir}: not a LoRA adapter (no adapter_config.json)")
-    client = registry.client(settings["cluster"]["mlflow"]["tracking_uri"])
+    client = registry.client(cluster.mlflow.tracking_uri)
     gate_run = client.get_run(mlflow_run_id)  # register_adapter refuses it unless the gate passed
-    name = registered_model_name(OmegaConf.create(settings))
+    name = registered_model_name(SimpleNamespace(experiment=experiment, model=model, data=data))
     version = registry.register_adapter(client, mlflow_run_id, adapter_dir, model_name=name, tags=version_tags(gate_run))
     return f"models:/{name}/{version}"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from modelchain.core.config import compose, to_container
+from modelchain.core.config import compose, group_json, load_group
 from modelchain.tests.integration.kube_replay import KubeReplay
 from modelchain.training import cost, pytorchjob
 
@@ -50,6 +50,7 @@ def test_success_creates_streams_and_reports_times(cfg):
     assert result == {
         "name": NAME,
         "namespace": NS,
+        "uid": "7c1e9a52-3f4b-4d8e-9a6c-2b5d8f0e1a37",
         "start_time": "2026-11-22T08:09:40+00:00",
         "completion_time": "2026-11-22T10:21:10+00:00",
         "duration_s": 7890.0,
@@ -126,16 +127,20 @@ def test_timeout_deletes_the_job(cfg):
 # --------------------------------------------------------------------------- the finetune component
 
 
-@pytest.fixture
-def eks_settings(tmp_path):
-    overrides = CLUSTER + [
+def eks_overrides(tmp_path):
+    return CLUSTER + [
         f"cluster.training.run_root={tmp_path}/fsx/training",
         f"cluster.mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
         f"cluster.mlflow.artifact_location={tmp_path}/mlartifacts",
     ]
-    settings = to_container(compose("finetune", overrides))
-    settings["build"] = {"git_commit": ""}
-    return settings
+
+
+@pytest.fixture
+def eks_settings(tmp_path):
+    """The groups the finetune step receives, as the pipeline bakes and the step rebuilds them."""
+    cfg = compose("finetune", eks_overrides(tmp_path))
+    groups = {group: load_group(group, group_json(cfg, group)) for group in ("model", "cluster", "experiment")}
+    return {**groups, "train": load_group("train", group_json(cfg, "train"), **RUN)}
 
 
 @pytest.fixture
@@ -162,27 +167,36 @@ def pod_exports_adapter(run_dir: Path) -> None:
 def mlflow_runs(settings):
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=settings["cluster"]["mlflow"]["tracking_uri"])
-    experiment = client.get_experiment_by_name(settings["experiment"]["name"])
+    client = MlflowClient(tracking_uri=settings["cluster"].mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(settings["experiment"].name)
     return client.search_runs([experiment.experiment_id])
 
 
+# The pipeline's run-time values for the finetune step.
+RUN = {"max_steps": 1000, "learning_rate": 1e-4, "lora_rank": 16, "lora_alpha": 32}
+
+
 def run_component(settings, splits, out, server):
-    from modelchain.components.finetune.cluster import run_on_cluster
+    from modelchain.components.finetune.logic import run
+    from modelchain.training.backends.pytorchjob import PyTorchJobBackend
 
-    return run_on_cluster(
-        settings, splits, out, max_steps=1000, learning_rate=1e-4, lora_rank=16, lora_alpha=32,
-        client=server.training_client(NS), job_name=NAME, poll_s=0.05, log=lambda line: None,
-    )
+    backend = PyTorchJobBackend(client=server.training_client(NS), job_name=NAME, poll_s=0.05, log=lambda line: None)
+    return run(settings["model"], settings["train"], settings["cluster"], settings["experiment"], splits, out,
+               backend=backend)
 
 
-def test_finetune_logic_takes_the_cluster_path_on_eks(eks_settings, monkeypatch):
-    from modelchain.components.finetune import cluster, logic
+def test_finetune_logic_takes_the_configured_backend_on_eks(eks_settings, monkeypatch):
+    from modelchain.components.finetune import logic
+    from modelchain.training.backends.pytorchjob import PyTorchJobBackend
 
+    assert eks_settings["cluster"].training.backend == "pytorchjob"
     seen = {}
-    monkeypatch.setattr(cluster, "run_on_cluster", lambda *a, **kw: seen.update(kw) or {"ok": 1})
-    assert logic.run(eks_settings, "splits", "out", max_steps=5, learning_rate=0.1, lora_rank=4, lora_alpha=8) == {"ok": 1}
-    assert seen == {"max_steps": 5, "learning_rate": 0.1, "lora_rank": 4, "lora_alpha": 8}
+    monkeypatch.setattr(PyTorchJobBackend, "train", lambda self, **kw: seen.update(kw) or {"ok": 1})
+    assert logic.run(eks_settings["model"], eks_settings["train"], eks_settings["cluster"], eks_settings["experiment"],
+                     "splits", "out") == {"ok": 1}
+    train = seen["train"]
+    assert (train.max_steps, train.learning_rate, train.lora.rank, train.lora.alpha) == (1000, 1e-4, 16, 32)
+    assert (seen["splits_dir"], seen["adapter_dir"]) == ("splits", "out")
 
 
 def test_finetune_component_on_eks(eks_settings, splits, tmp_path):
@@ -208,10 +222,18 @@ def test_finetune_component_on_eks(eks_settings, splits, tmp_path):
     assert run.data.metrics["estimated_cost_usd"] == pytest.approx(estimate.cost_usd)
     assert run.data.metrics["cost_usd"] == pytest.approx(metrics["cost_usd"])
     assert run.data.params["pytorchjob"] == NAME and run.data.params["instance_type"] == "p5.48xlarge"
+    # What the gate copies into the lineage: the job as the API server created it.
+    job = {"kind": "PyTorchJob", "name": NAME, "namespace": NS, "uid": "7c1e9a52-3f4b-4d8e-9a6c-2b5d8f0e1a37",
+           "image": "nvcr.io/nvidia/nemo:25.07"}
+    assert json.loads((out / "training_job.json").read_text()) == job
+    from modelchain.components.gate.logic import training_job
+
+    assert training_job(eks_settings["cluster"], out) == job
 
 
 def test_budget_refuses_before_anything_is_submitted(eks_settings, splits, tmp_path):
-    eks_settings["cluster"]["training"]["budget_usd"] = 100.0
+    eks_settings["cluster"] = load_group(
+        "cluster", group_json(compose("finetune", eks_overrides(tmp_path) + ["cluster.training.budget_usd=100"]), "cluster"))
     with KubeReplay("succeeded") as server, pytest.raises(cost.BudgetExceeded) as err:
         run_component(eks_settings, splits, tmp_path / "out", server)
     message = str(err.value)

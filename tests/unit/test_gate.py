@@ -150,11 +150,11 @@ def test_report_says_why_with_intervals_and_worst_examples():
 def test_champion_is_a_registry_uri_or_an_adapter_folder(tmp_path):
     from modelchain.components.evaluate.logic import resolve_champion
 
-    assert resolve_champion("", {}) is None
+    assert resolve_champion("") is None
     (tmp_path / "adapter_config.json").write_text("{}")
-    assert resolve_champion(str(tmp_path), {}) == tmp_path
+    assert resolve_champion(str(tmp_path)) == tmp_path
     with pytest.raises(ValueError, match="neither a models:/ URI nor an adapter folder"):
-        resolve_champion(str(tmp_path / "nope"), {})
+        resolve_champion(str(tmp_path / "nope"))
 
 
 def test_decision_metrics_carry_the_intervals():
@@ -166,3 +166,11 @@ def test_decision_metrics_carry_the_intervals():
     assert metrics["gate.passed"] == float(decision.passed)
     low, high = metrics["gate.no_regression.exact_match.ci_low"], metrics["gate.no_regression.exact_match.ci_high"]
     assert low <= metrics["gate.no_regression.exact_match.mean"] <= high
+
+
+def test_policy_defaults_are_the_eval_schema_defaults():
+    from omegaconf import OmegaConf
+
+    from modelchain.core.config import EvalConfig
+
+    assert GatePolicy() == GatePolicy.from_config(OmegaConf.structured(EvalConfig))

@@ -116,3 +116,20 @@ def test_generate_checks_its_inputs(tmp_path, tiny_model):
         generate(tmp_path / "nothing", PROMPTS)
     with pytest.raises(ValueError, match="adapter_config.json"):
         generate(tiny_model, PROMPTS, adapter_dir=tmp_path)
+
+
+def test_an_answer_metric_is_one_registry_entry(monkeypatch):
+    """A metric in ANSWER_METRICS is scored per example, and the config may gate on it."""
+    from modelchain.core.config import ConfigError, compose
+    from modelchain.eval import metrics
+
+    def starts_alike(prediction, reference):
+        return float(prediction[:1].lower() == reference[:1].lower())
+
+    with pytest.raises(ConfigError, match="eval.compare_metrics"):
+        compose("finetune", ["eval.compare_metrics=[starts_alike]"])
+    monkeypatch.setitem(metrics.ANSWER_METRICS, "starts_alike", starts_alike)
+    monkeypatch.setattr(metrics, "GATE_METRICS", (*metrics.GATE_METRICS, "starts_alike"))
+    assert score_examples(["Billing", "nope"], ["billing", "shipping"])["starts_alike"] == [1.0, 0.0]
+    cfg = compose("finetune", ["eval.compare_metrics=[exact_match,starts_alike]", "+eval.thresholds.starts_alike=0.5"])
+    assert list(cfg.eval.compare_metrics) == ["exact_match", "starts_alike"]

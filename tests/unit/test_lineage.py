@@ -10,9 +10,9 @@ import pytest
 
 from modelchain.components.data_prep.logic import prepare
 from modelchain.components.gate.logic import run as gate
-from modelchain.components.register.logic import run as register
+from modelchain.components.register.logic import run as register_logic
 from modelchain.core import lineage, registry
-from modelchain.core.config import compose, to_container
+from modelchain.core.config import RUN_PARAMETERS, compose, group_json, load_group
 from modelchain.pipelines.cli import main
 
 from ..registry_support import make_adapter, template_db  # noqa: F401 (fixtures)
@@ -28,16 +28,31 @@ LINEAGE_KEYS = {
 }
 
 
+# The run's values of the run-time parameters the gate records (the trainer ran with these).
+RUN = {"max_steps": 3, "learning_rate": 0.001, "lora_rank": 4, "lora_alpha": 8}
+
+
+def step_groups(cfg, **run_values):
+    """The typed groups the gate and register receive: baked by the pipeline, rebuilt in the step."""
+    from modelchain.core.config import parameter_values
+
+    values = {**parameter_values("finetune", cfg), **RUN, **run_values}
+    groups = {}
+    for group in ("model", "data", "train", "eval", "cluster", "experiment"):
+        mine = {p.name: values[p.name] for p in RUN_PARAMETERS["finetune"] if p.group == group}
+        groups[group] = load_group(group, group_json(cfg, group), **mine)
+    return groups
+
+
 @pytest.fixture
 def pipeline_outputs(tmp_path, monkeypatch, template_db):
-    """What data_prep, finetune and evaluate hand to the gate, and the settings baked into the pipeline."""
+    """What data_prep, finetune and evaluate hand to the gate, and the composed config of the pipeline."""
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(template_db, home / "mlflow.db")
     monkeypatch.setenv("MODELCHAIN_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    settings = to_container(compose("finetune"))
-    settings["build"] = {"git_commit": "57a4901d"}
+    cfg = compose("finetune")
     dataset = tmp_path / "tickets.jsonl"
     dataset.write_text("".join(json.dumps({"prompt": f"Ticket {i}: charged twice", "response": "billing"}) + "\n"
                                for i in range(60)))
@@ -46,7 +61,7 @@ def pipeline_outputs(tmp_path, monkeypatch, template_db):
     (adapter / "train_metrics.json").write_text(json.dumps({
         "final_loss": 0.25, "steps": 3, "losses": [1.5, 0.75, 0.25], "settings": {"rank": 4, "alpha": 8, "max_steps": 3, "learning_rate": 0.001},
     }))
-    return {"home": home, "settings": settings, "splits": tmp_path / "splits", "adapter": adapter,
+    return {"home": home, "cfg": cfg, "splits": tmp_path / "splits", "adapter": adapter,
             "results": eval_results(), "report": tmp_path / "gate.md", "dataset": dataset}
 
 
@@ -67,15 +82,22 @@ def eval_results(n=24, challenger_right=21, base_right=3):
 
 def run_gate(out, **policy):
     policy = {"thresholds": {"exact_match": 0.5}, "min_improvement": 0.1, **policy}
-    return gate(out["settings"], out["results"], report_path=out["report"], splits_dir=out["splits"],
-                adapter_dir=out["adapter"], kfp_run_id="kfp-7f3a", **policy)
+    g = step_groups(out["cfg"], **policy)
+    return gate(g["model"], g["data"], g["train"], g["eval"], g["cluster"], g["experiment"], out["results"],
+                report_path=out["report"], splits_dir=out["splits"], adapter_dir=out["adapter"], kfp_run_id="kfp-7f3a",
+                git_commit="57a4901d")
+
+
+def register(out, run_id):
+    g = step_groups(out["cfg"])
+    return register_logic(g["model"], g["data"], g["cluster"], g["experiment"], run_id, out["adapter"])
 
 
 def test_gate_and_register_record_the_whole_lineage(pipeline_outputs):
     out = pipeline_outputs
     decision, run_id = run_gate(out)
     assert decision.passed
-    uri = register(out["settings"], run_id, out["adapter"])
+    uri = register(out, run_id)
     assert uri == f"models:/{NAME}/1"
 
     client = registry.client(f"sqlite:///{out['home']}/mlflow.db")
@@ -87,7 +109,7 @@ def test_gate_and_register_record_the_whole_lineage(pipeline_outputs):
     assert mv.tags["eval.challenger.exact_match"] == "0.8750"
 
     run = client.get_run(run_id)
-    assert run.data.params["lora.rank"] == "4"  # what the trainer ran with, not the compiled default
+    assert run.data.params["lora.rank"] == "4"  # the run's value, not the compiled default
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train.loss")] == [
         (1, 1.5), (2, 0.75), (3, 0.25)]
     files = {a.path for folder in ("adapter", "reports", "eval", "data", "config", "training")
@@ -110,12 +132,26 @@ def test_gate_and_register_record_the_whole_lineage(pipeline_outputs):
         assert expected in text, expected
 
 
+def test_the_training_job_a_backend_recorded_reaches_the_model_version(pipeline_outputs):
+    out = pipeline_outputs
+    job = {"kind": "PyTorchJob", "name": "llama3-8b-instruct-lora-t1", "namespace": "kubeflow-user",
+           "uid": "7c1e9a52-3f4b-4d8e-9a6c-2b5d8f0e1a37", "image": "nvcr.io/nvidia/nemo:25.07"}
+    (out["adapter"] / "training_job.json").write_text(json.dumps(job))
+    register(out, run_gate(out)[1])
+    client = registry.client(f"sqlite:///{out['home']}/mlflow.db")
+    tags = client.get_model_version(NAME, "1").tags
+    assert tags["lineage.pytorchjob"] == job["name"] and tags["lineage.training_image"] == job["image"]
+    assert tags["lineage.training_job_kind"] == "PyTorchJob" and tags["lineage.training_job_namespace"] == job["namespace"]
+    assert tags["lineage.training_job_uid"] == job["uid"]
+    assert f"PyTorchJob {job['name']}" in lineage.render(lineage.build(client, registry.ModelRef.parse(f"{NAME}@challenger")))
+
+
 def test_a_refused_gate_is_recorded_and_register_refuses(pipeline_outputs):
     out = pipeline_outputs
     decision, run_id = run_gate(out, thresholds={"exact_match": 0.95})
     assert not decision.passed
     with pytest.raises(registry.RegistryError, match="did not pass the gate"):
-        register(out["settings"], run_id, out["adapter"])
+        register(out, run_id)
     client = registry.client(f"sqlite:///{out['home']}/mlflow.db")
     assert client.get_run(run_id).data.tags["gate.decision"] == "refused"
     assert client.search_registered_models() == []
@@ -124,7 +160,7 @@ def test_a_refused_gate_is_recorded_and_register_refuses(pipeline_outputs):
 def test_cli_lineage_promote_rollback(pipeline_outputs, capsys):
     out = pipeline_outputs
     for _ in range(2):
-        register(out["settings"], run_gate(out)[1], out["adapter"])
+        register(out, run_gate(out)[1])
 
     uri = ["--tracking-uri", f"sqlite:///{out['home']}/mlflow.db"]
     assert main(["promote", NAME, "1"]) == 0  # the registry of the default config ($MODELCHAIN_HOME)
@@ -160,7 +196,7 @@ def test_cli_lineage_promote_rollback(pipeline_outputs, capsys):
 )
 def test_cli_bad_input_is_one_line_exit_2(pipeline_outputs, capsys, argv, message):
     out = pipeline_outputs
-    register(out["settings"], run_gate(out)[1], out["adapter"])
+    register(out, run_gate(out)[1])
     client = registry.client(f"sqlite:///{out['home']}/mlflow.db")
     before = registry.aliases(client.get_registered_model(NAME))
     assert main(argv) == 2

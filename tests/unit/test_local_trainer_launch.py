@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from modelchain.core.config import ConfigError, compose, to_container
+from modelchain.core.config import ConfigError, compose, group_json, load_group
 
 from ..tiny_model import tiny_model  # noqa: F401 (fixture)
 
@@ -46,7 +46,8 @@ def test_two_processes_under_torchrun(tmp_path, tiny_model, modelchain_home):
     cfg = compose("finetune", ["model=local_dir", f"model.path={tiny_model}", "train=quick",
                                "train.procs_per_node=2", "train.checkpoint_every=2"])
     adapter = tmp_path / "adapter"
-    metrics = run(to_container(cfg), splits, adapter, max_steps=5, learning_rate=1e-3, lora_rank=4, lora_alpha=8)
+    train = load_group("train", group_json(cfg, "train"), max_steps=5, learning_rate=1e-3, lora_rank=4, lora_alpha=8)
+    metrics = run(cfg.model, train, cfg.cluster, cfg.experiment, splits, adapter)
     assert metrics["world_size"] == 2 and metrics["steps"] == 5
     assert metrics["checkpoints_written"] == 2 and metrics["resumed_from_step"] == 0
     assert json.loads((adapter / "train_metrics.json").read_text())["losses"] == metrics["losses"]

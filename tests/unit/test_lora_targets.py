@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from modelchain.training.lora_targets import hf_to_nemo, nemo_to_hf
+from modelchain.training.lora_targets import check_adapter, hf_to_nemo, nemo_to_hf
 
 ALL_NEMO = ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
 ALL_HF = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -31,3 +33,13 @@ def test_unknown_names_are_named_in_the_error():
 def test_partial_fused_group_is_rejected():
     with pytest.raises(ValueError, match="missing \\['k_proj', 'v_proj'\\]"):
         hf_to_nemo(["q_proj"])
+
+
+def test_exported_adapter_must_match_the_targets(tmp_path):
+    spec = {"lora": {"dim": 16, "target_modules": ALL_NEMO}}
+    config = {"r": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj"]}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    assert check_adapter(tmp_path, spec)["r"] == 16
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "v_proj"]}))
+    with pytest.raises(ValueError, match="expected"):
+        check_adapter(tmp_path, spec)

@@ -179,3 +179,12 @@ def test_actual_cost_from_duration(cfg):
     est = cost.estimate(cfg)
     actual = cost.actual_cost(est, 7200)
     assert actual["gpu_hours"] == pytest.approx(32) and actual["cost_usd"] == pytest.approx(2 * 2 * 98.32)
+
+
+def test_stage_splits(tmp_path):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train.jsonl").write_text('{"a": 1}\n')
+    (splits / "val.jsonl").write_text('{"b": 2}\n')
+    root = pytorchjob.stage_splits(splits, tmp_path / "fsx" / "run" / "data")
+    assert sorted(p.name for p in root.iterdir()) == ["train.jsonl", "val.jsonl"]

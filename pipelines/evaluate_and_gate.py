@@ -1,16 +1,20 @@
-"""Evaluation and the gate outside a pipeline (`modelchain eval`): results and reports in a folder."""
+"""Evaluation and the gate outside a pipeline (`modelchain eval`): results and reports in a folder.
+
+It composes two steps (evaluate, then the gate's policy), so it lives with the pipelines.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+
+from omegaconf import DictConfig
 
 from modelchain.core.io import atomic_write_text
 
 
 def evaluate_and_gate(
-    settings: dict[str, Any],
+    cfg: DictConfig,
     splits_dir: str | Path,
     adapter_dir: str | Path,
     out_dir: str | Path,
@@ -18,6 +22,7 @@ def evaluate_and_gate(
 ):
     """Evaluate (task accuracy, perplexity, RAG scores when configured), decide, write the reports.
 
+    `cfg` is a composed finetune config; `champion` replaces `eval.champion` when given.
     Writes `results.json`, `gate_report.md`, `gate_report.html` and `decision.json` into
     `out_dir`; returns the GateDecision.
     """
@@ -28,8 +33,9 @@ def evaluate_and_gate(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = evaluate(settings, splits_dir, adapter_dir, out / "results.json", champion=champion)
-    policy = GatePolicy.from_config(settings["eval"])
+    results = evaluate(cfg.model, cfg.eval, cfg.cluster, cfg.rag, splits_dir, adapter_dir, out / "results.json",
+                       champion=champion)
+    policy = GatePolicy.from_config(cfg.eval)
     decision = decide_results(results, policy)
     atomic_write_text(out / "gate_report.md", render_markdown(decision, results, policy))
     atomic_write_text(out / "gate_report.html", render_html(decision, results, policy))
