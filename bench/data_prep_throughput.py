@@ -8,7 +8,7 @@ on it, each in its own subprocess so its peak RSS is its own:
 
 - modelchain: `prepare()` with the default cleaning (normalisation, PII scrubbing, exact and
   MinHash dedup, length filters, token budget with the SmolLM2 tokenizer, hash splits) and
-  all outputs (chat, NeMo SFT, NeMo chat, data card);
+  all outputs (chat splits, quarantine, data card);
 - pandas: the whole file into one DataFrame (`read_json(lines=True)` in chunks of 200,000
   lines, concatenated: read in one go its parser needs about ten times the file size), drop
   rows with a missing or empty prompt/response, drop exact duplicates, `to_json(lines=True)`.

@@ -411,7 +411,7 @@ def cmd_data_prep(args) -> int:
     pii = card["pii"]["counts"]
     if pii:
         print("PII replaced: " + ", ".join(f"{kind} {n}" for kind, n in pii.items()))
-    print(f"wrote {os.path.abspath(args.out)} (chat splits, nemo_sft/, nemo_chat/, quarantine.jsonl, data_card.md)")
+    print(f"wrote {os.path.abspath(args.out)} (chat splits, quarantine.jsonl, data_card.md)")
     return 0
 
 

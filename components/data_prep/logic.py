@@ -166,9 +166,8 @@ class _Run:
         self.sample = Reservoir(opts["tokens"].sample_rows, opts["seed"])
         self.stratified = bool(opts["stratify_by"])
         self.writers = SplitWriters(out)
-        # stratified splits need every row first: each format's lines wait in a spool file
-        self.spools = [open(work / f"rows-{name}.jsonl", "wb") for name in ("chat", "sft", "nemo_chat")
-                       ] if self.stratified else []
+        # stratified splits need every row first: the lines wait in a spool file
+        self.spool = open(work / "rows-chat.jsonl", "wb") if self.stratified else None
         self.strata: dict[str, int] = {}
         self.row_strata: list[int] = []
         self.row_points: list[float] = []
@@ -196,27 +195,24 @@ class _Run:
             keep[index[self.near.check_and_add_signatures(result.signatures[index])]] = False
         self.counts["after_near"] += int(keep.sum())
         kept = np.flatnonzero(keep)
-        formats = (result.chat, result.sft, result.nemo_chat)
         self.sample.offer_many(_KeptLines(result.chat, kept))
         if not self.stratified:  # a batch's rows go to each split in one write per file
             codes = result.codes[kept]
             for code, split in enumerate(SPLITS):
                 rows = kept[codes == code]
                 if len(rows):
-                    self.writers.write_many(split, len(rows), *(lines.take(rows) for lines in formats))
+                    self.writers.write_many(split, len(rows), result.chat.take(rows))
             return
         for i in kept.tolist():
             self.row_strata.append(self.strata.setdefault(result.strata[i], len(self.strata)))
         self.row_points.extend(result.points[kept].tolist())
-        for spool, lines in zip(self.spools, formats):
-            spool.write(lines.take(kept))
+        self.spool.write(result.chat.take(kept))
 
     def stratified_splits(self) -> None:
         """Within each stratum, the rows ordered by hash point are cut at the split fractions."""
         import numpy as np
 
-        for spool in self.spools:
-            spool.close()
+        self.spool.close()
         strata = np.array(self.row_strata, dtype=np.int32)
         points = np.array(self.row_points, dtype=np.float64)
         assignment = np.zeros(len(strata), dtype=np.int8)  # 0 train, 1 val, 2 test
@@ -227,21 +223,17 @@ class _Run:
             n_test, n_val = round(len(ordered) * test_f), round(len(ordered) * (test_f + val_f))
             assignment[ordered[:n_test]] = 2
             assignment[ordered[n_test:n_val]] = 1
-        spools = [open(spool.name, "rb") for spool in self.spools]
-        try:
+        with open(self.spool.name, "rb") as spool:
             for split in assignment.tolist():
-                self.writers.write_many(SPLITS[split], 1, *(spool.readline() for spool in spools))
-        finally:
-            for spool in spools:
-                spool.close()
+                self.writers.write_many(SPLITS[split], 1, spool.readline())
         self.strata_counts = {name: int((strata == s).sum()) for name, s in self.strata.items()}
 
     def close(self) -> None:
         self.quarantine_file.close()
         if self.near is not None:
             self.near.close()
-        for spool in self.spools:
-            spool.close()
+        if self.spool is not None:
+            self.spool.close()
 
 
 class _KeptLines:
@@ -290,8 +282,7 @@ def prepare(
 ) -> PrepResult:
     """Read `source_uri` (files, folders, S3 prefixes or globs, comma-separated; may be empty
     when `feedback` is given) and production traces from `feedback` (a FeedbackOptions),
-    and write into `out_dir`: train/val/test.jsonl (chat), nemo_sft/, nemo_chat/,
-    quarantine.jsonl, data_card.json, data_card.md and token_lengths.png.
+    and write into `out_dir`: train/val/test.jsonl (chat), quarantine.jsonl, data_card.json, data_card.md and token_lengths.png.
 
     `workers` > 1 runs the per-row work in that many processes (0 = one per CPU); the
     output is the same for any number. Raises DataError, naming the source, when the data

@@ -121,21 +121,19 @@ def test_stratified_splits_keep_each_label_in_proportion(tmp_path):
     assert again.card["splits"] == result.card["splits"]
 
 
-def test_every_output_format_is_written(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
+def test_every_output_file_is_written(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
     source = write_rows(tmp_path / "d.jsonl", good_rows(50))
     result = prepare(str(source), tmp_path / "out", system_prompt="Route it.",
                      tokens=TokenOptions(max_tokens=256, tokenizer_dir=str(smollm2_tokenizer_dir)))
     out = tmp_path / "out"
-    for split, nemo in (("train", "training"), ("val", "validation"), ("test", "test")):
+    for split in ("train", "val", "test"):
         chat = read_jsonl(out / f"{split}.jsonl")
-        sft = read_jsonl(out / "nemo_sft" / f"{nemo}.jsonl")
-        nemo_chat = read_jsonl(out / "nemo_chat" / f"{nemo}.jsonl")
-        assert len(chat) == len(sft) == len(nemo_chat) == result.card["splits"][split]["count"]
-        for c, s, n in zip(chat, sft, nemo_chat):
-            assert s["output"] == c["messages"][-1]["content"] == n["conversations"][-1]["value"]
-            assert s["input"].startswith("<|im_start|>system\nRoute it.") and s["input"].endswith("<|im_start|>assistant\n")
-            assert n["system"] == "Route it." and n["conversations"][0]["from"] == "User" and n["mask"] == "User"
+        assert len(chat) == result.card["splits"][split]["count"]
+        for c in chat:
+            assert c["messages"][0] == {"role": "system", "content": "Route it."}
+            assert c["messages"][-1]["role"] == "assistant"
         assert result.card["splits"][split]["sha256"] == sha256_file(out / f"{split}.jsonl")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == []  # the chat splits are the only format
     card = json.loads((out / "data_card.json").read_text())
     for key in ("rows_in", "rows_quarantined", "rows_deduplicated", "rows_out", "stages", "pii", "tokens", "source_uris"):
         assert key in card
@@ -211,7 +209,7 @@ def test_cli_data_prep(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
     assert "read 61 rows: 1 quarantined, 0 duplicates, 60 kept" in out.stdout
-    assert (tmp_path / "out" / "nemo_sft" / "training.jsonl").is_file()
+    assert (tmp_path / "out" / "train.jsonl").is_file() and not (tmp_path / "out" / "nemo_sft").exists()
     bad = subprocess.run(cmd[:-2] + ["data.max_bad_fraction=0.0", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
@@ -224,7 +222,7 @@ def test_worker_processes_give_the_same_output(tmp_path):
     one = prepare(str(source), tmp_path / "one", workers=1, dedup=DedupOptions(near=True))
     two = prepare(str(source), tmp_path / "two", workers=2, dedup=DedupOptions(near=True))
     assert one.card == {**two.card, "source_uris": one.card["source_uris"]}
-    for name in ("train.jsonl", "nemo_sft/training.jsonl", "quarantine.jsonl"):
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "quarantine.jsonl"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert len(two.stats["worker_peak_pss_mb"]) >= 1 and two.stats["main_peak_pss_mb"] > 0
 
