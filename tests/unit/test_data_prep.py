@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from modelchain.components.data_prep.logic import DataError, FieldMap, prepare, split_of
+from modelchain.data.prepare import DataError, FieldMap, prepare, split_of
 from modelchain.core.io import sha256_file
 
 
@@ -101,7 +101,8 @@ def test_missing_file(tmp_path):
 
 
 # --------------------------------------------------------------------------- the extended step
-from modelchain.components.data_prep.logic import DedupOptions, TokenOptions, options_from_settings  # noqa: E402
+from modelchain.components.data_prep.logic import options_from_settings  # noqa: E402
+from modelchain.data.prepare import DedupOptions, TokenOptions  # noqa: E402
 from modelchain.tests.data_prep_support import smollm2_tokenizer_dir  # noqa: E402,F401 (fixture)
 
 
@@ -234,7 +235,7 @@ def test_a_batch_of_lines_gives_back_any_rows_in_order():
 
     import numpy as np
 
-    from modelchain.components.data_prep.rows import Lines
+    from modelchain.data.rows import Lines
 
     rng = random.Random(0)
     lines = [f'{{"row": {i}, "text": "{"x" * rng.randint(0, 30)}"}}\n'.encode() for i in range(300)]

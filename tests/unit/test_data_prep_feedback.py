@@ -5,8 +5,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from modelchain.components.data_prep.feedback import FeedbackOptions, TraceReader, parse_time
-from modelchain.components.data_prep.logic import DataError, options_from_settings, prepare, with_feedback_window
+from modelchain.data.feedback import FeedbackOptions, TraceReader, parse_time
+from modelchain.components.data_prep.logic import options_from_settings, with_feedback_window
+from modelchain.data.prepare import DataError, prepare
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from modelchain.components.data_prep import sources
-from modelchain.components.data_prep.logic import DataError, prepare
-from modelchain.components.data_prep.sources import BadItem, SourceFile, expand, read_batches
+from modelchain.data import sources
+from modelchain.data.prepare import DataError, prepare
+from modelchain.data.sources import BadItem, SourceFile, expand, read_batches
 
 ROWS = [{"prompt": f"Question number {i} about my order", "response": f"answer {i}", "team": "billing"}
         for i in range(40)]

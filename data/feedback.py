@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 
 import orjson
 
-from modelchain.components.data_prep.sources import Batch, BadItem, SourceFile, expand, read_batches
+from modelchain.data.sources import Batch, BadItem, SourceFile, expand, read_batches
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

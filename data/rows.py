@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import orjson
 
-from modelchain.components.data_prep.sources import BadItem, Batch
+from modelchain.data.sources import BadItem, Batch
 
 _PSS_FIRST_READS = 4  # calls of PssSampler.sample() that always read (the memory grows most at first)
 
@@ -112,26 +112,26 @@ class RowStage:
     """Turns raw batches into BatchResults (see the module docstring)."""
 
     def __init__(self, cfg: StageConfig):
-        from modelchain.components.data_prep.pii import Scrubber
+        from modelchain.data.pii import Scrubber
 
         self.cfg = cfg
         self.scrubber = Scrubber(cfg.pii.kinds) if cfg.pii.enabled else None
         self.budget = None
         if cfg.tokens.tokenizer_dir and cfg.tokens.max_tokens > 0:
-            from modelchain.components.data_prep.tokens import TokenBudget, load_tokenizer
+            from modelchain.data.tokens import TokenBudget, load_tokenizer
 
             self.budget = TokenBudget(load_tokenizer(cfg.tokens.tokenizer_dir), cfg.tokens.max_tokens, cfg.tokens.action)
         self.pss = PssSampler()
         self.hasher = None
         if cfg.dedup.near:
-            from modelchain.components.data_prep.cleaning import MinHasher
+            from modelchain.data.cleaning import MinHasher
 
             self.hasher = MinHasher(cfg.dedup.num_perm, 1, cfg.dedup.shingle_words, cfg.permutations)
 
     def __call__(self, batch: Batch, from_traces: bool = False) -> BatchResult:
         import numpy as np
 
-        from modelchain.components.data_prep.logic import FieldMap, row_to_messages, split_codes, split_point
+        from modelchain.data.prepare import FieldMap, row_to_messages, split_codes, split_point
 
         cfg, out = self.cfg, BatchResult()
         fields = FieldMap(messages="messages") if from_traces else cfg.fields
