@@ -394,13 +394,11 @@ def _add_data_verb(verbs) -> None:
 def cmd_data_prep(args) -> int:
     import os
 
-    from modelchain.components.data_prep.logic import DataError, options_from_settings, prepare
-    from modelchain.core.config import to_container
+    from modelchain.components.data_prep.logic import DataError, prepare_from_config
 
     cfg = _compose("finetune", args.overrides)
     try:
-        result = prepare(cfg.data.source.uri, args.out, **options_from_settings(to_container(cfg)),
-                         progress=sys.stderr.isatty())
+        result = prepare_from_config(cfg.data, cfg.model, args.out, progress=sys.stderr.isatty())
     except DataError as exc:
         raise CliError(str(exc)) from exc
     card = result.card
@@ -435,13 +433,14 @@ def cmd_eval(args) -> int:
 
     from modelchain.core.config import to_container
 
-    settings = to_container(_compose("finetune", args.overrides))
+    cfg = _compose("finetune", args.overrides)
+    settings = to_container(cfg)
     splits = args.splits
     if not splits:
-        from modelchain.components.data_prep.logic import options_from_settings, prepare
+        from modelchain.components.data_prep.logic import prepare_from_config
 
         splits = os.path.join(args.out, "splits")
-        prepare(settings["data"]["source"]["uri"], splits, **options_from_settings(settings))
+        prepare_from_config(cfg.data, cfg.model, splits)
     from modelchain.components.gate.standalone import evaluate_and_gate
 
     decision = evaluate_and_gate(settings, splits, args.adapter, args.out, champion=args.champion)

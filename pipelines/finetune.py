@@ -11,7 +11,7 @@ from modelchain.components.finetune.component import finetune
 from modelchain.components.gate.component import gate
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.register.component import register
-from modelchain.core.config import parameter_values
+from modelchain.core.config import group_json, parameter_values
 from modelchain.pipelines.build import place, run_parameters, settings_json
 
 
@@ -29,7 +29,11 @@ def build(cfg: DictConfig):
     def body(params: dict):
         prep = place(
             data_prep_op(
-                settings=settings, data_uri=params["data_uri"], feedback_since=params["feedback_since"], feedback_until=params["feedback_until"]
+                data=group_json(cfg, "data"),
+                model=group_json(cfg, "model"),
+                data_uri=params["data_uri"],
+                feedback_since=params["feedback_since"],
+                feedback_until=params["feedback_until"],
             ),
             cluster,
         ).set_display_name("data-prep")

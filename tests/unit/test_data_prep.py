@@ -101,7 +101,7 @@ def test_missing_file(tmp_path):
 
 
 # --------------------------------------------------------------------------- the extended step
-from modelchain.components.data_prep.logic import options_from_settings  # noqa: E402
+from modelchain.components.data_prep.logic import options_from_config  # noqa: E402
 from modelchain.data.prepare import DedupOptions, TokenOptions  # noqa: E402
 from modelchain.tests.data_prep_support import smollm2_tokenizer_dir  # noqa: E402,F401 (fixture)
 
@@ -182,21 +182,40 @@ def test_quarantine_reasons_name_the_source_and_encoding(tmp_path):
 
 
 def test_options_from_the_config(smollm2_tokenizer_dir):  # noqa: F811
-    from modelchain.core.config import compose, to_container
+    from modelchain.core.config import compose
 
-    settings = to_container(compose("finetune", ["data.dedup.near=true", "data.tokens.action=truncate",
-                                                 f"data.tokens.tokenizer={smollm2_tokenizer_dir}",
-                                                 "data.feedback.uri=/traces", "data.feedback.since=7d"]))
-    opts = options_from_settings(settings)
+    cfg = compose("finetune", ["data.dedup.near=true", "data.tokens.action=truncate",
+                               f"data.tokens.tokenizer={smollm2_tokenizer_dir}",
+                               "data.feedback.uri=/traces", "data.feedback.since=7d"])
+    opts = options_from_config(cfg.data, cfg.model)
     assert opts["dedup"].near and opts["tokens"].action == "truncate" and opts["stratify_by"] == "response"
     assert opts["tokens"].tokenizer_dir == str(smollm2_tokenizer_dir)
     assert opts["feedback"].uri == "/traces" and opts["feedback"].since == "7d"
-    settings["data"]["tokens"]["tokenizer"] = None
-    settings["model"] = {"name": "m", "path": "/nowhere", "gguf_package": None, "gguf_file": None}
+    no_tokenizer = ["data.tokens.tokenizer=null", "model=local_dir", "model.name=m", "model.path=/nowhere"]
+    cfg = compose("finetune", no_tokenizer)
     with pytest.raises(DataError, match="data.tokens: no tokenizer"):
-        options_from_settings(settings)
-    settings["data"]["tokens"]["max_tokens"] = 0
-    assert options_from_settings(settings)["tokens"].tokenizer_dir is None
+        options_from_config(cfg.data, cfg.model)
+    cfg = compose("finetune", no_tokenizer + ["data.tokens.max_tokens=0"])
+    assert options_from_config(cfg.data, cfg.model)["tokens"].tokenizer_dir is None
+
+
+def test_the_step_reads_its_typed_groups_and_run_parameters(tmp_path):
+    """The data_prep step gets the data and model groups as baked JSON and the data URI and
+    feedback window as run parameters; the parameter, not the baked config, picks the data."""
+    from kfp.dsl import Dataset, Markdown
+
+    from modelchain.components.data_prep.component import data_prep
+    from modelchain.core.config import compose, group_json
+
+    baked = write_rows(tmp_path / "baked.jsonl", good_rows(10))
+    given = write_rows(tmp_path / "given.jsonl", good_rows(60))
+    cfg = compose("finetune", [f"data.source.uri={baked}", "data.tokens.max_tokens=0", "data.stratify_by=null"])
+    splits, card = Dataset(uri=str(tmp_path / "splits")), Markdown(uri=str(tmp_path / "card.md"))
+    data_prep(data=group_json(cfg, "data"), model=group_json(cfg, "model"), data_uri=str(given), splits=splits,
+              card=card, feedback_since="", feedback_until="")
+    assert sum(splits.metadata[f"{s}_rows"] for s in ("train", "val", "test")) == 60
+    assert json.loads((tmp_path / "splits" / "data_card.json").read_text())["source_uris"] == [str(given)]
+    assert (tmp_path / "card.md").read_text() == (tmp_path / "splits" / "data_card.md").read_text()
 
 
 def test_cli_data_prep(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
