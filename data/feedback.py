@@ -28,6 +28,7 @@ from typing import Any, Iterator, Optional
 
 import orjson
 
+from modelchain.data.formats import AUTO, FEEDBACK_FORMATS
 from modelchain.data.sources import Batch, BadItem, SourceFile, expand, read_batches
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -37,7 +38,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 @dataclass
 class FeedbackOptions:
     uri: str
-    format: str = "auto"  # auto | langfuse | otel
+    format: str = AUTO  # auto (by each record's shape) | one of formats.FEEDBACK_FORMATS
     min_score: Optional[float] = 0.5  # a numeric score at or above this is positive; None = labels only
     score_names: list[str] = field(default_factory=list)  # [] = any score counts
     positive_labels: list[str] = field(default_factory=lambda: list(POSITIVE_LABELS))
@@ -297,7 +298,7 @@ def _records(files: list[SourceFile]) -> Iterator[tuple[str, int, Any]]:
 
 
 def _kind(record: dict, declared: str) -> str:
-    if declared != "auto":
+    if declared != AUTO:
         return declared
     if "resourceSpans" in record or ("attributes" in record and ("context" in record or "spanId" in record)):
         return "otel"
@@ -318,6 +319,8 @@ class TraceReader:
 
     def __init__(self, options: FeedbackOptions, system_prompt: Optional[str] = None,
                  now: Optional[datetime] = None, batch_rows: int = 1024):
+        if options.format not in (AUTO, *FEEDBACK_FORMATS):
+            raise ValueError(f"format must be {AUTO} or one of {', '.join(FEEDBACK_FORMATS)}, got {options.format!r}")
         self.options = options
         self.system = system_prompt
         now = now or datetime.now(timezone.utc)

@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Optional
 
+from modelchain.data.formats import AUTO, EXTENSIONS, FAMILIES, TITLES
+
 BATCH_ROWS = 2048
 READ_CHUNK = 8 << 20  # bytes per read (and per S3 ranged GET)
 SNIFF_BYTES = 64 << 10
-FORMATS = ("jsonl", "json", "parquet", "csv")
-_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
-               ".csv": "csv", ".tsv": "csv"}
 # Names a JSON document may keep its rows under (the Langfuse API wraps lists in "data").
 _ROW_KEYS = ("data", "rows", "records", "items", "examples", "traces", "spans")
 _WILDCARDS = "*?["
@@ -165,7 +164,7 @@ def _is_data_name(name: str) -> bool:
     if base.startswith((".", "_")):  # hidden files, _SUCCESS markers
         return False
     stem = base[:-3] if base.endswith(".gz") else base
-    return Path(stem).suffix.lower() in _EXTENSIONS
+    return Path(stem).suffix.lower() in EXTENSIONS
 
 
 def expand(uri_list: str) -> list[SourceFile]:
@@ -174,7 +173,7 @@ def expand(uri_list: str) -> list[SourceFile]:
     for uri in [u.strip() for u in uri_list.split(",") if u.strip()]:
         found = _expand_s3(uri) if uri.startswith("s3://") else _expand_local(uri)
         if not found:
-            raise DataError(f"{uri}: no data files there (looked for {', '.join(sorted(_EXTENSIONS))}, optionally .gz)")
+            raise DataError(f"{uri}: no data files there (looked for {', '.join(sorted(EXTENSIONS))}, optionally .gz)")
         files += found
     if not files:
         raise DataError("no source URI given (data.source.uri)")
@@ -248,7 +247,7 @@ def claimed_format(uri: str) -> tuple[Optional[str], bool]:
     name = Path(uri.split("?")[0]).name.lower()
     gz = name.endswith(".gz")
     stem = name[:-3] if gz else name
-    return _EXTENSIONS.get(Path(stem).suffix), gz
+    return EXTENSIONS.get(Path(stem).suffix), gz
 
 
 def sniff(head: bytes) -> str:
@@ -277,14 +276,12 @@ def sniff(head: bytes) -> str:
     return "csv"
 
 
-_FAMILY = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}
-_NAMES = {"jsonl": "JSON Lines", "json": "JSON", "parquet": "Parquet", "csv": "CSV", "binary": "binary data",
-          "utf16": "UTF-16 text", "empty": "empty"}
+_NAMES = {**TITLES, "binary": "binary data", "utf16": "UTF-16 text", "empty": "empty"}  # and the sniffer's other verdicts
 
 
 def decide_format(uri: str, declared: str, sniffed: str) -> str:
     """The format to read with; an error when the content contradicts the name or config."""
-    claim = declared if declared != "auto" else claimed_format(uri)[0]
+    claim = declared if declared != AUTO else claimed_format(uri)[0]
     if sniffed == "utf16":
         raise DataError(f"{uri}: the content is UTF-16 text; convert it to UTF-8")
     if sniffed == "binary":
@@ -294,10 +291,10 @@ def decide_format(uri: str, declared: str, sniffed: str) -> str:
         sniffed = claim if claim in ("json", "jsonl") else "jsonl"
     if claim is None:
         return sniffed
-    if _FAMILY[claim] != _FAMILY[sniffed]:
+    if FAMILIES[claim] != FAMILIES[sniffed]:
         raise DataError(f"{uri}: the name says {_NAMES[claim]} but the content is {_NAMES[sniffed]}")
     # JSON and JSON Lines are told apart by content: many .json files hold one object a line.
-    return sniffed if _FAMILY[claim] == "json" else claim
+    return sniffed if FAMILIES[claim] == "json" else claim
 
 
 # --------------------------------------------------------------------------- readers

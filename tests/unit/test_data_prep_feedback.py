@@ -138,6 +138,8 @@ def test_prepare_merges_traces_with_the_dataset(tmp_path):
     assert only.card["rows_in"] == 10
     with pytest.raises(DataError, match="data.feedback"):
         prepare("", tmp_path / "bad", feedback=FeedbackOptions(uri=str(traces), since="yesterday"))
+    with pytest.raises(DataError, match="data.feedback: format must be auto or one of langfuse, otel, got 'xml'"):
+        prepare("", tmp_path / "bad", feedback=FeedbackOptions(uri=str(traces), format="xml"))
 
 
 def test_a_runs_feedback_window_overrides_the_config():
