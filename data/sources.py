@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Optional
 
+from modelchain.core.s3 import S3UriError, split_uri
+from modelchain.core.s3 import client as s3_client
 from modelchain.data.formats import AUTO, EXTENSIONS, FAMILIES, TITLES
 
 BATCH_ROWS = 2048
@@ -64,30 +66,14 @@ class Batch:
 
 
 # --------------------------------------------------------------------------- S3
-def s3_client():
-    """boto3 S3 client from the standard chain: env keys, profile, or the pod's role.
-
-    The endpoint comes from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (boto3 reads them itself)
-    or MLFLOW_S3_ENDPOINT_URL; a custom endpoint gets path-style addressing, which
-    S3-compatible servers expect. Few retries: a wrong endpoint fails in seconds.
-    """
-    import boto3
-    from botocore.config import Config
-
-    endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-                or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None)
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
-                    s3={"addressing_style": "path"} if endpoint else {})
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    # A session of its own: boto3's default one keeps the credentials it resolved first.
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config, region_name=region)
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise DataError(f"{uri}: no bucket in the S3 URI")
-    return bucket, key
+# The client and the URI parser are core.s3's (one endpoint rule for every S3 reader).
+def _bucket_and_key(uri: str) -> tuple[str, str]:
+    """core.s3.split_uri, as a DataError; a key given with a trailing slash keeps it (a prefix)."""
+    try:
+        bucket, key = split_uri(uri)
+    except S3UriError as exc:
+        raise DataError(str(exc)) from exc
+    return bucket, (key + "/" if key and uri.endswith("/") else key)
 
 
 def s3_error(exc: BaseException, uri: str) -> DataError:
@@ -122,7 +108,7 @@ class S3Reader(io.RawIOBase):
     def __init__(self, client, uri: str, size: Optional[int] = None):
         super().__init__()
         self._client, self.uri = client, uri
-        self._bucket, self._key = split_s3(uri)
+        self._bucket, self._key = _bucket_and_key(uri)
         if size is None:
             try:
                 size = client.head_object(Bucket=self._bucket, Key=self._key)["ContentLength"]
@@ -195,7 +181,7 @@ def _expand_local(uri: str) -> list[SourceFile]:
 
 
 def _expand_s3(uri: str) -> list[SourceFile]:
-    bucket, key = split_s3(uri)
+    bucket, key = _bucket_and_key(uri)
     client = s3_client()
     pattern = None
     if any(c in key for c in _WILDCARDS):
