@@ -28,36 +28,17 @@ import orjson
 
 from modelchain.data.rows import PssSampler, pss_kb
 from modelchain.data.sources import Batch, DataError, expand, read_batches
+# The field map, dedup and PII options are the data group's schema dataclasses themselves, so
+# their defaults are written once (core/config.py).
+from modelchain.core.config import DataDedupConfig as DedupOptions
+from modelchain.core.config import DataFieldsConfig as FieldMap
+from modelchain.core.config import DataPiiConfig as PiiOptions
 from modelchain.core.io import atomic_dir, atomic_write_json, atomic_write_text, sha256_text
 
 SPLITS = ("train", "val", "test")
 QUARANTINE_IN_CARD = 20
 __all__ = ["DataError", "FieldMap", "PrepResult", "DedupOptions", "PiiOptions", "TokenOptions", "prepare",
            "row_to_messages", "split_of"]
-
-
-@dataclass
-class FieldMap:
-    prompt: str = "prompt"
-    response: str = "response"
-    system: Optional[str] = None
-    context: Optional[str] = None
-    messages: Optional[str] = None
-
-
-@dataclass
-class DedupOptions:
-    exact: bool = True
-    near: bool = True
-    threshold: float = 0.85  # estimated Jaccard similarity of word shingles
-    num_perm: int = 64
-    shingle_words: int = 3
-
-
-@dataclass
-class PiiOptions:
-    enabled: bool = True
-    kinds: list[str] = field(default_factory=list)  # [] = every kind
 
 
 @dataclass
