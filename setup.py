@@ -6,7 +6,7 @@
 
 from setuptools import find_packages, setup
 
-FOLDERS = ["core", "configs", "pipelines", "components", "training", "eval", "tests", "bench"]
+FOLDERS = ["core", "configs", "pipelines", "components", "data", "training", "eval", "tests", "bench"]
 
 package_dir = {f"modelchain.{folder}": folder for folder in FOLDERS}
 packages = []
@@ -19,6 +19,6 @@ setup(
     package_dir=package_dir,
     package_data={
         "modelchain.configs": ["*.yaml", "*/*.yaml"],
-        "modelchain.components": ["*/demo/*"],
+        "modelchain.data": ["demo/*"],
     },
 )

@@ -8,7 +8,7 @@ on it, each in its own subprocess so its peak RSS is its own:
 
 - modelchain: `prepare()` with the default cleaning (normalisation, PII scrubbing, exact and
   MinHash dedup, length filters, token budget with the SmolLM2 tokenizer, hash splits) and
-  all outputs (chat, NeMo SFT, NeMo chat, data card);
+  all outputs (chat splits, quarantine, data card);
 - pandas: the whole file into one DataFrame (`read_json(lines=True)` in chunks of 200,000
   lines, concatenated: read in one go its parser needs about ten times the file size), drop
   rows with a missing or empty prompt/response, drop exact duplicates, `to_json(lines=True)`.
@@ -112,12 +112,13 @@ def generate(path: Path, size_bytes: int, seed: int = 0) -> int:
 
 MODELCHAIN_SIDE = """
 import json, os, resource, sys, time
-from modelchain.components.data_prep.logic import prepare, options_from_settings
-from modelchain.core.config import compose, to_container
-settings = to_container(compose("finetune", ["data=chat_jsonl", "data.fields.messages=null",
-                                             "data.fields.prompt=prompt", "data.fields.response=response"]))
+from modelchain.components.data_prep.logic import options_from_config
+from modelchain.core.config import compose
+from modelchain.data.prepare import prepare
+cfg = compose("finetune", ["data=chat_jsonl", "data.fields.messages=null",
+                           "data.fields.prompt=prompt", "data.fields.response=response"])
 start, cpu = time.perf_counter(), os.times()
-result = prepare(sys.argv[1], sys.argv[2], **options_from_settings(settings))
+result = prepare(sys.argv[1], sys.argv[2], **options_from_config(cfg.data, cfg.model))
 elapsed, cpu_end = time.perf_counter() - start, os.times()
 main_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 workers = result.stats["worker_peak_pss_mb"]

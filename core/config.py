@@ -42,7 +42,7 @@ class ModelConfig:
 class DataSourceConfig:
     # Files, folders, S3 prefixes or globs (local or s3://), comma-separated; "" = only data.feedback.
     uri: str = MISSING
-    format: str = "auto"  # auto (by name, checked against the content) | jsonl | json | parquet | csv
+    format: str = "auto"  # auto (by name, checked against the content) | one of data/formats.py SOURCE_FORMATS
 
 
 @dataclass
@@ -84,7 +84,7 @@ class DataFeedbackConfig:
     """Production traces with good feedback as extra training rows (data.feedback)."""
 
     uri: Optional[str] = None  # Langfuse export or OpenTelemetry GenAI spans (JSON/JSONL); None = none
-    format: str = "auto"  # auto | langfuse | otel
+    format: str = "auto"  # auto | one of data/formats.py FEEDBACK_FORMATS (langfuse, otel)
     min_score: Optional[float] = 0.5  # a numeric score at or above this is positive; None = labels only
     score_names: list[str] = field(default_factory=list)  # [] = any score
     positive_labels: list[str] = field(default_factory=lambda: [
@@ -650,6 +650,7 @@ OWNER_CHECKS: tuple[str, ...] = (
     "modelchain.eval.metrics",
     "modelchain.core.vectorstore",
     "modelchain.core.embedder",
+    "modelchain.data.checks",
 )
 
 
@@ -679,12 +680,7 @@ def _validate(cfg: DictConfig) -> None:
          f"{cluster.image_digest} does not match the digest in cluster.image ({pinned})")
     need(len(cfg.schedule.cron.split()) in (5, 6), "schedule.cron", f"not a cron expression: {cfg.schedule.cron!r}")
     need(cfg.schedule.max_concurrency >= 1, "schedule.max_concurrency", "must be >= 1")
-    if "data" in cfg:
-        data = cfg.data
-        for key in ("val_fraction", "test_fraction", "max_bad_fraction"):
-            need(0.0 <= data[key] < 1.0, f"data.{key}", f"must be in [0, 1), got {data[key]}")
-        need(data.val_fraction + data.test_fraction < 1.0, "data.val_fraction", "val + test must leave rows to train on")
-        _validate_data(data, need)
+    if "data" in cfg:  # the data group itself is checked by its owner, modelchain.data.checks
         train = cfg.train
         for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "nodes", "procs_per_node"):
             need(train[key] >= 1, f"train.{key}", f"must be >= 1, got {train[key]}")
@@ -711,22 +707,6 @@ def _validate_serve_canary(serve: DictConfig, need) -> None:
     for key in ("max_latency_ratio", "max_ttft_ratio"):
         need(canary[key] >= 1.0, f"serve.canary.{key}", f"must be >= 1.0, got {canary[key]}")
     need(canary.min_requests >= 1, "serve.canary.min_requests", "must be >= 1")
-
-
-def _validate_data(data: DictConfig, need) -> None:
-    formats = ("auto", "jsonl", "json", "parquet", "csv")
-    need(data.source.format in formats, "data.source.format", f"must be one of {', '.join(formats)}, got {data.source.format!r}")
-    need(bool(data.source.uri.strip()) or bool(data.feedback.uri), "data.source.uri", "empty, and no data.feedback.uri")
-    need(data.normalization in ("NFC", "NFKC"), "data.normalization", f"must be NFC or NFKC, got {data.normalization!r}")
-    need(0.0 < data.dedup.threshold <= 1.0, "data.dedup.threshold", f"must be in (0, 1], got {data.dedup.threshold}")
-    need(data.dedup.num_perm >= 8, "data.dedup.num_perm", "must be >= 8")
-    need(1 <= data.dedup.shingle_words <= 5, "data.dedup.shingle_words", "must be 1 to 5")
-    need(data.tokens.max_tokens >= 0, "data.tokens.max_tokens", "must be >= 0 (0 = no budget)")
-    need(data.tokens.action in ("drop", "truncate"), "data.tokens.action", f"must be drop or truncate, got {data.tokens.action!r}")
-    need(data.feedback.format in ("auto", "langfuse", "otel"), "data.feedback.format",
-         f"must be auto, langfuse or otel, got {data.feedback.format!r}")
-    for key in ("min_response_chars", "min_prompt_chars", "workers"):
-        need(data[key] >= 0, f"data.{key}", "must be >= 0")
 
 
 # An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.

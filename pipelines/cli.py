@@ -411,13 +411,11 @@ def _add_data_verb(verbs) -> None:
 def cmd_data_prep(args) -> int:
     import os
 
-    from modelchain.components.data_prep.logic import DataError, options_from_settings, prepare
-    from modelchain.core.config import to_container
+    from modelchain.components.data_prep.logic import DataError, prepare_from_config
 
     cfg = _compose("finetune", args.overrides)
     try:
-        result = prepare(cfg.data.source.uri, args.out, **options_from_settings(to_container(cfg)),
-                         progress=sys.stderr.isatty())
+        result = prepare_from_config(cfg.data, cfg.model, args.out, progress=sys.stderr.isatty())
     except DataError as exc:
         raise CliError(str(exc)) from exc
     card = result.card
@@ -428,7 +426,7 @@ def cmd_data_prep(args) -> int:
     pii = card["pii"]["counts"]
     if pii:
         print("PII replaced: " + ", ".join(f"{kind} {n}" for kind, n in pii.items()))
-    print(f"wrote {os.path.abspath(args.out)} (chat splits, nemo_sft/, nemo_chat/, quarantine.jsonl, data_card.md)")
+    print(f"wrote {os.path.abspath(args.out)} (chat splits, quarantine.jsonl, data_card.md)")
     return 0
 
 
@@ -450,16 +448,13 @@ def _add_eval_verb(verbs) -> None:
 def cmd_eval(args) -> int:
     import os
 
-    from modelchain.core.config import to_container
-
     cfg = _compose("finetune", args.overrides)
-    settings = to_container(cfg)
     splits = args.splits
     if not splits:
-        from modelchain.components.data_prep.logic import options_from_settings, prepare
+        from modelchain.components.data_prep.logic import prepare_from_config
 
         splits = os.path.join(args.out, "splits")
-        prepare(settings["data"]["source"]["uri"], splits, **options_from_settings(settings))
+        prepare_from_config(cfg.data, cfg.model, splits)
     from modelchain.pipelines.evaluate_and_gate import evaluate_and_gate
 
     decision = evaluate_and_gate(cfg, splits, args.adapter, args.out, champion=args.champion)

@@ -29,7 +29,11 @@ def build(cfg: DictConfig):
     def body(params: dict):
         prep = place(
             data_prep_op(
-                settings=settings, data_uri=params["data_uri"], feedback_since=params["feedback_since"], feedback_until=params["feedback_until"]
+                data=group_json(cfg, "data"),
+                model=group_json(cfg, "model"),
+                data_uri=params["data_uri"],
+                feedback_since=params["feedback_since"],
+                feedback_until=params["feedback_until"],
             ),
             cluster,
         ).set_display_name("data-prep")

@@ -4,7 +4,8 @@ from kfp.dsl import Dataset, Markdown, Output
 
 
 def data_prep(
-    settings: str,
+    data: str,
+    model: str,
     data_uri: str,
     splits: Output[Dataset],
     card: Output[Markdown],
@@ -13,16 +14,18 @@ def data_prep(
 ):
     """Read, validate, clean and split the dataset at data_uri into train/val/test (a folder).
 
-    feedback_since/feedback_until bound the production traces taken (data.feedback), e.g.
-    "7d" in a weekly recurring run; "" = no bound.
+    `data` and `model` are the config groups (core.config.group_json); feedback_since and
+    feedback_until bound the production traces taken (data.feedback), e.g. "7d" in a weekly
+    recurring run; "" = no bound.
     """
-    import json
     import shutil
 
-    from modelchain.components.data_prep.logic import options_from_settings, prepare, with_feedback_window
+    from modelchain.components.data_prep.logic import prepare_from_config
+    from modelchain.core.config import load_group
 
-    config = with_feedback_window(json.loads(settings), feedback_since, feedback_until)
-    result = prepare(data_uri, splits.path, **options_from_settings(config))
+    data_config = load_group("data", data, data_uri=data_uri, feedback_since=feedback_since,
+                             feedback_until=feedback_until)
+    result = prepare_from_config(data_config, load_group("model", model), splits.path)
     shutil.copyfile(result.out_dir / "data_card.md", card.path)
     for name, info in result.card["splits"].items():
         splits.metadata[f"{name}_rows"] = info["count"]

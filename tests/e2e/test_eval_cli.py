@@ -64,8 +64,8 @@ class FakeRetriever:
 
 
 def test_rag_scoring_for_challenger_and_champion_counts_judge_failures(tmp_path, tiny_model, routing_dataset, adapter):
-    from modelchain.components.data_prep.logic import options_from_settings, prepare
-    from modelchain.core.config import compose, to_container
+    from modelchain.components.data_prep.logic import prepare_from_config
+    from modelchain.core.config import compose
     from modelchain.core.io import read_jsonl
     from modelchain.eval.rag import JUDGED, score_rag_for_sides
     from modelchain.bench.judge_stub import JudgeStub
@@ -76,8 +76,7 @@ def test_rag_scoring_for_challenger_and_champion_counts_judge_failures(tmp_path,
             "eval.rag_questions=3", f"eval.judge_base_url={stub.base_url}", "eval.judge_model=stub",
             "eval.judge_timeout_s=5", "eval.judge_retries=0",
         ])
-        settings = to_container(cfg)
-        prepare(str(routing_dataset), tmp_path / "splits", **options_from_settings(settings))
+        prepare_from_config(cfg.data, cfg.model, tmp_path / "splits")
         rows = read_jsonl(tmp_path / "splits" / "test.jsonl")[:3]
         out = score_rag_for_sides(cfg.eval, cfg.rag, rows, tiny_model, {"challenger": adapter, "champion": adapter},
                                   retriever=FakeRetriever())

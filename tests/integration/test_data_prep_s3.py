@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from modelchain.components.data_prep.logic import DataError, prepare
+from modelchain.data.prepare import DataError, prepare
 from modelchain.tests.s3_server import s3_env, s3_server  # noqa: F401 (fixtures)
 
 BUCKET = "datasets"
@@ -56,7 +56,7 @@ def test_an_object_and_a_glob(s3_env, bucket, tmp_path):  # noqa: F811
 
 
 def test_parquet_on_s3_streams_with_ranged_reads(s3_env, bucket, tmp_path):  # noqa: F811
-    from modelchain.components.data_prep.sources import SourceFile, read_batches
+    from modelchain.data.sources import SourceFile, read_batches
 
     batches = list(read_batches(SourceFile(f"s3://{bucket}/chats/part-2.parquet"), "auto", batch_rows=5))
     assert sum(len(b.items) for b in batches) == 20 and max(len(b.items) for b in batches) <= 5

@@ -10,7 +10,7 @@ from modelchain.bench.data_prep_throughput import generate
 
 RUN = """
 import json, resource, sys
-from modelchain.components.data_prep.logic import prepare, DedupOptions
+from modelchain.data.prepare import DedupOptions, prepare
 result = prepare(sys.argv[1], sys.argv[2], dedup=DedupOptions(near=True))
 print(json.dumps({"rows_in": result.card["rows_in"], "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

@@ -34,7 +34,7 @@ def test_defaults_resolve_local_paths(modelchain_home):
     assert cfg.cluster.workdir == str(modelchain_home)
     assert cfg.cluster.mlflow.tracking_uri == f"sqlite:///{modelchain_home}/mlflow.db"
     assert cfg.rag.milvus.uri == f"{modelchain_home}/milvus.db"
-    assert cfg.data.source.uri.endswith("components/data_prep/demo/support_tickets.jsonl")
+    assert cfg.data.source.uri.endswith("data/demo/support_tickets.jsonl")
 
 
 def test_overrides_apply():

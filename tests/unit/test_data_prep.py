@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from modelchain.components.data_prep.logic import DataError, FieldMap, prepare, split_of
+from modelchain.data.prepare import DataError, FieldMap, prepare, split_of
 from modelchain.core.io import sha256_file
 
 
@@ -101,7 +101,8 @@ def test_missing_file(tmp_path):
 
 
 # --------------------------------------------------------------------------- the extended step
-from modelchain.components.data_prep.logic import DedupOptions, TokenOptions, options_from_settings  # noqa: E402
+from modelchain.components.data_prep.logic import options_from_config  # noqa: E402
+from modelchain.data.prepare import DedupOptions, TokenOptions  # noqa: E402
 from modelchain.tests.data_prep_support import smollm2_tokenizer_dir  # noqa: E402,F401 (fixture)
 
 
@@ -121,21 +122,19 @@ def test_stratified_splits_keep_each_label_in_proportion(tmp_path):
     assert again.card["splits"] == result.card["splits"]
 
 
-def test_every_output_format_is_written(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
+def test_every_output_file_is_written(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
     source = write_rows(tmp_path / "d.jsonl", good_rows(50))
     result = prepare(str(source), tmp_path / "out", system_prompt="Route it.",
                      tokens=TokenOptions(max_tokens=256, tokenizer_dir=str(smollm2_tokenizer_dir)))
     out = tmp_path / "out"
-    for split, nemo in (("train", "training"), ("val", "validation"), ("test", "test")):
+    for split in ("train", "val", "test"):
         chat = read_jsonl(out / f"{split}.jsonl")
-        sft = read_jsonl(out / "nemo_sft" / f"{nemo}.jsonl")
-        nemo_chat = read_jsonl(out / "nemo_chat" / f"{nemo}.jsonl")
-        assert len(chat) == len(sft) == len(nemo_chat) == result.card["splits"][split]["count"]
-        for c, s, n in zip(chat, sft, nemo_chat):
-            assert s["output"] == c["messages"][-1]["content"] == n["conversations"][-1]["value"]
-            assert s["input"].startswith("<|im_start|>system\nRoute it.") and s["input"].endswith("<|im_start|>assistant\n")
-            assert n["system"] == "Route it." and n["conversations"][0]["from"] == "User" and n["mask"] == "User"
+        assert len(chat) == result.card["splits"][split]["count"]
+        for c in chat:
+            assert c["messages"][0] == {"role": "system", "content": "Route it."}
+            assert c["messages"][-1]["role"] == "assistant"
         assert result.card["splits"][split]["sha256"] == sha256_file(out / f"{split}.jsonl")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == []  # the chat splits are the only format
     card = json.loads((out / "data_card.json").read_text())
     for key in ("rows_in", "rows_quarantined", "rows_deduplicated", "rows_out", "stages", "pii", "tokens", "source_uris"):
         assert key in card
@@ -183,21 +182,40 @@ def test_quarantine_reasons_name_the_source_and_encoding(tmp_path):
 
 
 def test_options_from_the_config(smollm2_tokenizer_dir):  # noqa: F811
-    from modelchain.core.config import compose, to_container
+    from modelchain.core.config import compose
 
-    settings = to_container(compose("finetune", ["data.dedup.near=true", "data.tokens.action=truncate",
-                                                 f"data.tokens.tokenizer={smollm2_tokenizer_dir}",
-                                                 "data.feedback.uri=/traces", "data.feedback.since=7d"]))
-    opts = options_from_settings(settings)
+    cfg = compose("finetune", ["data.dedup.near=true", "data.tokens.action=truncate",
+                               f"data.tokens.tokenizer={smollm2_tokenizer_dir}",
+                               "data.feedback.uri=/traces", "data.feedback.since=7d"])
+    opts = options_from_config(cfg.data, cfg.model)
     assert opts["dedup"].near and opts["tokens"].action == "truncate" and opts["stratify_by"] == "response"
     assert opts["tokens"].tokenizer_dir == str(smollm2_tokenizer_dir)
     assert opts["feedback"].uri == "/traces" and opts["feedback"].since == "7d"
-    settings["data"]["tokens"]["tokenizer"] = None
-    settings["model"] = {"name": "m", "path": "/nowhere", "gguf_package": None, "gguf_file": None}
+    no_tokenizer = ["data.tokens.tokenizer=null", "model=local_dir", "model.name=m", "model.path=/nowhere"]
+    cfg = compose("finetune", no_tokenizer)
     with pytest.raises(DataError, match="data.tokens: no tokenizer"):
-        options_from_settings(settings)
-    settings["data"]["tokens"]["max_tokens"] = 0
-    assert options_from_settings(settings)["tokens"].tokenizer_dir is None
+        options_from_config(cfg.data, cfg.model)
+    cfg = compose("finetune", no_tokenizer + ["data.tokens.max_tokens=0"])
+    assert options_from_config(cfg.data, cfg.model)["tokens"].tokenizer_dir is None
+
+
+def test_the_step_reads_its_typed_groups_and_run_parameters(tmp_path):
+    """The data_prep step gets the data and model groups as baked JSON and the data URI and
+    feedback window as run parameters; the parameter, not the baked config, picks the data."""
+    from kfp.dsl import Dataset, Markdown
+
+    from modelchain.components.data_prep.component import data_prep
+    from modelchain.core.config import compose, group_json
+
+    baked = write_rows(tmp_path / "baked.jsonl", good_rows(10))
+    given = write_rows(tmp_path / "given.jsonl", good_rows(60))
+    cfg = compose("finetune", [f"data.source.uri={baked}", "data.tokens.max_tokens=0", "data.stratify_by=null"])
+    splits, card = Dataset(uri=str(tmp_path / "splits")), Markdown(uri=str(tmp_path / "card.md"))
+    data_prep(data=group_json(cfg, "data"), model=group_json(cfg, "model"), data_uri=str(given), splits=splits,
+              card=card, feedback_since="", feedback_until="")
+    assert sum(splits.metadata[f"{s}_rows"] for s in ("train", "val", "test")) == 60
+    assert json.loads((tmp_path / "splits" / "data_card.json").read_text())["source_uris"] == [str(given)]
+    assert (tmp_path / "card.md").read_text() == (tmp_path / "splits" / "data_card.md").read_text()
 
 
 def test_cli_data_prep(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
@@ -211,7 +229,7 @@ def test_cli_data_prep(tmp_path, smollm2_tokenizer_dir):  # noqa: F811
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
     assert "read 61 rows: 1 quarantined, 0 duplicates, 60 kept" in out.stdout
-    assert (tmp_path / "out" / "nemo_sft" / "training.jsonl").is_file()
+    assert (tmp_path / "out" / "train.jsonl").is_file() and not (tmp_path / "out" / "nemo_sft").exists()
     bad = subprocess.run(cmd[:-2] + ["data.max_bad_fraction=0.0", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
@@ -224,7 +242,7 @@ def test_worker_processes_give_the_same_output(tmp_path):
     one = prepare(str(source), tmp_path / "one", workers=1, dedup=DedupOptions(near=True))
     two = prepare(str(source), tmp_path / "two", workers=2, dedup=DedupOptions(near=True))
     assert one.card == {**two.card, "source_uris": one.card["source_uris"]}
-    for name in ("train.jsonl", "nemo_sft/training.jsonl", "quarantine.jsonl"):
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "quarantine.jsonl"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert len(two.stats["worker_peak_pss_mb"]) >= 1 and two.stats["main_peak_pss_mb"] > 0
 
@@ -236,7 +254,7 @@ def test_a_batch_of_lines_gives_back_any_rows_in_order():
 
     import numpy as np
 
-    from modelchain.components.data_prep.rows import Lines
+    from modelchain.data.rows import Lines
 
     rng = random.Random(0)
     lines = [f'{{"row": {i}, "text": "{"x" * rng.randint(0, 30)}"}}\n'.encode() for i in range(300)]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from modelchain.components.data_prep.cleaning import (ExactDuplicates, KeyIndex, MinHasher, NearDuplicates,
+from modelchain.data.cleaning import (ExactDuplicates, KeyIndex, MinHasher, NearDuplicates,
                                                       batch_shingles, normalize, row_shingles)
-from modelchain.components.data_prep.pii import Scrubber, luhn_ok
+from modelchain.data.pii import Scrubber, luhn_ok
 
 
 def test_normalize():
@@ -92,7 +92,7 @@ def _mixed_sample(n=600, seed=3):
 def test_pii_guards_skip_only_rules_that_cannot_match():
     """The guards (substrings and characters each rule needs) change nothing: scrubbing with
     every rule applied to every text gives the same texts and counts."""
-    from modelchain.components.data_prep.pii import _sub
+    from modelchain.data.pii import _sub
 
     texts = _mixed_sample()
     guarded, reference = Scrubber(), Scrubber()
@@ -116,7 +116,7 @@ def test_normalize_fast_paths_equal_the_full_normalisation():
     import re
     import unicodedata
 
-    from modelchain.components.data_prep.cleaning import _INVISIBLE
+    from modelchain.data.cleaning import _INVISIBLE
 
     for text in _mixed_sample():
         for form in ("NFC", "NFKC"):

@@ -5,8 +5,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from modelchain.components.data_prep.feedback import FeedbackOptions, TraceReader, parse_time
-from modelchain.components.data_prep.logic import DataError, options_from_settings, prepare, with_feedback_window
+from modelchain.data.feedback import FeedbackOptions, TraceReader, parse_time
+from modelchain.components.data_prep.logic import options_from_config
+from modelchain.data.prepare import DataError, prepare
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -137,16 +138,26 @@ def test_prepare_merges_traces_with_the_dataset(tmp_path):
     assert only.card["rows_in"] == 10
     with pytest.raises(DataError, match="data.feedback"):
         prepare("", tmp_path / "bad", feedback=FeedbackOptions(uri=str(traces), since="yesterday"))
+    with pytest.raises(DataError, match="data.feedback: format must be auto or one of langfuse, otel, got 'xml'"):
+        prepare("", tmp_path / "bad", feedback=FeedbackOptions(uri=str(traces), format="xml"))
 
 
 def test_a_runs_feedback_window_overrides_the_config():
-    from modelchain.core.config import compose
-    from modelchain.pipelines.build import settings_json
+    from omegaconf.errors import MissingMandatoryValue
 
-    settings = json.loads(settings_json(compose("finetune", ["data.feedback.uri=/traces.jsonl", "data.feedback.since=30d",
-                                                  "data.tokens.max_tokens=0"])))
-    assert options_from_settings(settings)["feedback"].since == "30d"
-    weekly = with_feedback_window(settings, "7d", "")
-    assert options_from_settings(weekly)["feedback"].since == "7d"
-    assert options_from_settings(weekly)["feedback"].until is None
-    assert settings["data"]["feedback"]["since"] == "30d"  # the input is left as it was
+    from modelchain.core.config import compose, group_json, load_group, parameter_values
+
+    cfg = compose("finetune", ["data.feedback.uri=/traces.jsonl", "data.feedback.since=30d", "data.tokens.max_tokens=0"])
+    data = group_json(cfg, "data")  # what the pipeline bakes into the data_prep step
+    defaults = parameter_values("finetune", cfg)  # the config's window is the parameters' default
+    assert (defaults["feedback_since"], defaults["feedback_until"]) == ("30d", "")
+
+    def window(since, until):
+        group = load_group("data", data, data_uri="", feedback_since=since, feedback_until=until)
+        return options_from_config(group, cfg.model)["feedback"]
+
+    assert window(defaults["feedback_since"], defaults["feedback_until"]).since == "30d"
+    weekly = window("7d", "")
+    assert weekly.since == "7d" and weekly.until is None
+    with pytest.raises(MissingMandatoryValue, match="feedback.since"):  # the window travels only as a parameter
+        options_from_config(load_group("data", data, data_uri=""), cfg.model)

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from modelchain.components.data_prep import sources
-from modelchain.components.data_prep.logic import DataError, prepare
-from modelchain.components.data_prep.sources import BadItem, SourceFile, expand, read_batches
+from modelchain.data import sources
+from modelchain.data.prepare import DataError, prepare
+from modelchain.data.sources import BadItem, SourceFile, expand, read_batches
 
 ROWS = [{"prompt": f"Question number {i} about my order", "response": f"answer {i}", "team": "billing"}
         for i in range(40)]
@@ -166,3 +166,42 @@ def test_quarantine_names_source_and_row_for_every_format(tmp_path):
     prepare(str(tmp_path / "d.parquet"), tmp_path / "out", max_bad_fraction=0.1)
     entry = json.loads((tmp_path / "out" / "quarantine.jsonl").read_text())
     assert entry == {"source": str(tmp_path / "d.parquet"), "row": 31, "reason": "field 'response' missing or not a string"}
+
+
+class _FakeS3:
+    """Records the requests data prep makes; holds objects under one bucket."""
+
+    def __init__(self, keys):
+        self.keys, self.calls = keys, []
+
+    def head_object(self, Bucket, Key):
+        from botocore.exceptions import ClientError
+
+        self.calls.append(("head", Bucket, Key))
+        if Key not in self.keys:
+            raise ClientError({"Error": {"Code": "404"}}, "HeadObject")
+        return {"ContentLength": 10}
+
+    def get_paginator(self, name):
+        fake = self
+
+        class Pages:
+            def paginate(self, Bucket, Prefix):
+                fake.calls.append(("list", Bucket, Prefix))
+                return [{"Contents": [{"Key": k, "Size": 10} for k in fake.keys if k.startswith(Prefix)]}]
+
+        return Pages()
+
+
+def test_s3_uris_list_objects_prefixes_and_globs(monkeypatch):
+    fake = _FakeS3(["chats/a.jsonl", "chats/b.csv", "chats/notes.md", "chats-old/c.jsonl"])
+    monkeypatch.setattr(sources, "s3_client", lambda: fake)
+    assert [f.uri for f in expand("s3://bkt/chats/")] == ["s3://bkt/chats/a.jsonl", "s3://bkt/chats/b.csv"]
+    assert fake.calls == [("list", "bkt", "chats/")]  # a trailing slash names a prefix: no object lookup
+    fake.calls.clear()
+    assert [f.uri for f in expand("s3://bkt/chats")] == ["s3://bkt/chats/a.jsonl", "s3://bkt/chats/b.csv"]
+    assert fake.calls == [("head", "bkt", "chats"), ("list", "bkt", "chats/")]
+    assert [f.uri for f in expand("s3://bkt/chats/a.jsonl")] == ["s3://bkt/chats/a.jsonl"]
+    assert [f.uri for f in expand("s3://bkt/chats*/*.jsonl")] == ["s3://bkt/chats-old/c.jsonl", "s3://bkt/chats/a.jsonl"]
+    with pytest.raises(DataError, match="no bucket in the S3 URI"):
+        expand("s3:///chats/")

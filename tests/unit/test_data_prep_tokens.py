@@ -2,7 +2,7 @@
 
 import pytest
 
-from modelchain.components.data_prep.tokens import ChatRenderer, Reservoir, TokenBudget, load_tokenizer
+from modelchain.data.tokens import ChatRenderer, Reservoir, TokenBudget, load_tokenizer
 from modelchain.tests.data_prep_support import smollm2_tokenizer_dir  # noqa: F401 (fixture)
 
 

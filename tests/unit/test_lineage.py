@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from modelchain.components.data_prep.logic import prepare
+from modelchain.data.prepare import prepare
 from modelchain.components.gate.logic import run as gate
 from modelchain.components.register.logic import run as register_logic
 from modelchain.core import lineage, registry

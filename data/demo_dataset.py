@@ -8,7 +8,7 @@ the demo measures a real difference.
 
 The generator is deterministic: the same seed always writes the same bytes.
 
-    python -m modelchain.components.data_prep.demo_dataset --out support_tickets.jsonl
+    python -m modelchain.data.demo_dataset --out support_tickets.jsonl
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def write_dataset(out: str | os.PathLike, n: int = 400, seed: int = 0) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m modelchain.components.data_prep.demo_dataset",
+        prog="python -m modelchain.data.demo_dataset",
         description="Write the support-ticket routing demo dataset (JSONL).",
     )
     parser.add_argument("--out", required=True, help="output JSONL file")

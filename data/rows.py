@@ -2,7 +2,7 @@
 
 Everything that needs no state shared across rows happens here: parsing, field mapping and
 validation, normalisation, PII scrubbing, length filters, the token budget, the content
-hash, the output lines of every format and the MinHash signatures. What must see all rows
+hash, the output lines and the MinHash signatures. What must see all rows
 in order (dedup indexes, split assignment, the files) stays in the main process, which gets
 back compact `BatchResult`s; results come back in input order, so the output does not
 depend on the number of workers.
@@ -21,9 +21,8 @@ from typing import Any, Optional
 
 import orjson
 
-from modelchain.components.data_prep.sources import BadItem, Batch
+from modelchain.data.sources import BadItem, Batch
 
-_NEMO_ROLES = {"user": "User", "assistant": "Assistant"}
 _PSS_FIRST_READS = 4  # calls of PssSampler.sample() that always read (the memory grows most at first)
 
 
@@ -45,11 +44,11 @@ class StageConfig:
 
 
 class Lines:
-    """One output format's newline-terminated lines for a batch's rows, as one bytes object.
+    """A batch's output lines (newline-terminated), as one bytes object.
 
     The lines are stored grouped by split (input order within a split), so the rows of a
     split that survive dedup are mostly adjacent: the main process writes them as a few
-    slices, and a batch crosses between processes as three objects instead of thousands.
+    slices, and a batch crosses between processes as one object instead of thousands.
     """
 
     def __init__(self, lines: list[bytes], codes):
@@ -90,15 +89,12 @@ class BatchResult:
     quarantine: list[dict] = field(default_factory=list)
     # For each row that passed: its exact-dedup key (the first 64 bits of its content sha256),
     # its split point (logic.split_point) and split (an index into logic.SPLITS; 0 when the
-    # splits are stratified, which needs all rows first), its stratum, and its line in each
-    # format (chat, NeMo SFT, NeMo chat).
+    # splits are stratified, which needs all rows first), its stratum, and its chat line.
     keys: Any = None  # uint64 array
     points: Any = None  # float64 array
     codes: Any = None  # int8 array
     strata: list[str] = field(default_factory=list)
     chat: Optional[Lines] = None
-    sft: Optional[Lines] = None
-    nemo_chat: Optional[Lines] = None
     signatures: Any = None  # (rows, num_perm) uint32 when near dedup is on
     pid: int = 0
     peak_pss_kb: int = 0  # this worker's largest proportional set size so far
@@ -112,45 +108,30 @@ def _bad_line_reason(line: bytes, exc: Exception) -> str:
     return f"malformed JSON: {exc}"
 
 
-def nemo_chat_row(messages: list[dict]) -> dict:
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns = [{"from": _NEMO_ROLES[m["role"]], "value": m["content"]} for m in messages if m["role"] != "system"]
-    return {"system": system, "conversations": turns, "mask": "User", "type": "VALUE_TO_TEXT"}
-
-
 class RowStage:
     """Turns raw batches into BatchResults (see the module docstring)."""
 
     def __init__(self, cfg: StageConfig):
-        from modelchain.components.data_prep.pii import Scrubber
+        from modelchain.data.pii import Scrubber
 
         self.cfg = cfg
         self.scrubber = Scrubber(cfg.pii.kinds) if cfg.pii.enabled else None
-        self.renderer = self.budget = None
-        if cfg.tokens.tokenizer_dir:
-            from modelchain.components.data_prep.tokens import ChatRenderer, TokenBudget, load_tokenizer
+        self.budget = None
+        if cfg.tokens.tokenizer_dir and cfg.tokens.max_tokens > 0:
+            from modelchain.data.tokens import TokenBudget, load_tokenizer
 
-            tokenizer = load_tokenizer(cfg.tokens.tokenizer_dir)
-            self.renderer = ChatRenderer(tokenizer)
-            if cfg.tokens.max_tokens > 0:
-                self.budget = TokenBudget(tokenizer, cfg.tokens.max_tokens, cfg.tokens.action)
+            self.budget = TokenBudget(load_tokenizer(cfg.tokens.tokenizer_dir), cfg.tokens.max_tokens, cfg.tokens.action)
         self.pss = PssSampler()
         self.hasher = None
         if cfg.dedup.near:
-            from modelchain.components.data_prep.cleaning import MinHasher
+            from modelchain.data.cleaning import MinHasher
 
             self.hasher = MinHasher(cfg.dedup.num_perm, 1, cfg.dedup.shingle_words, cfg.permutations)
-        if self.renderer is None:
-            from modelchain.training.nemo_entrypoint import plain_prompt
-
-            self.render_prompt = plain_prompt
-        else:
-            self.render_prompt = lambda m: self.renderer.render(m, generation_prompt=True)
 
     def __call__(self, batch: Batch, from_traces: bool = False) -> BatchResult:
         import numpy as np
 
-        from modelchain.components.data_prep.logic import FieldMap, row_to_messages, split_codes, split_point
+        from modelchain.data.prepare import FieldMap, row_to_messages, split_codes, split_point
 
         cfg, out = self.cfg, BatchResult()
         fields = FieldMap(messages="messages") if from_traces else cfg.fields
@@ -198,7 +179,7 @@ class RowStage:
                 out.counts[key] = now - then
             rows = [(m, s) for m, (_, s) in zip(fitted, rows) if m is not None]
         out.counts["after_tokens"] = len(rows)
-        keys, points, chat, sft, nemo_chat = [], [], [], [], []
+        keys, points, chat = [], [], []
         newline, seed = orjson.OPT_APPEND_NEWLINE, cfg.seed
         for messages, stratum in rows:
             content_hash = hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -206,13 +187,10 @@ class RowStage:
             points.append(split_point(content_hash, seed))
             out.strata.append(stratum)
             chat.append(orjson.dumps({"messages": messages, "id": content_hash[:16]}, option=newline))
-            sft.append(orjson.dumps({"input": self.render_prompt(messages[:-1]), "output": messages[-1]["content"]},
-                                    option=newline))
-            nemo_chat.append(orjson.dumps(nemo_chat_row(messages), option=newline))
         out.keys, out.points = np.array(keys, dtype=np.uint64), np.array(points, dtype=np.float64)
         out.codes = (np.zeros(len(rows), dtype=np.int8) if cfg.stratify_by
                      else split_codes(out.points, cfg.val_fraction, cfg.test_fraction))
-        out.chat, out.sft, out.nemo_chat = Lines(chat, out.codes), Lines(sft, out.codes), Lines(nemo_chat, out.codes)
+        out.chat = Lines(chat, out.codes)
         if self.hasher is not None:
             out.signatures = self.hasher.signatures(
                 ["\n".join(m["content"] for m in messages if m["role"] != "system") for messages, _ in rows])

@@ -22,31 +22,23 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Optional
 
 import orjson
 
-from modelchain.components.data_prep.sources import Batch, BadItem, SourceFile, expand, read_batches
+from modelchain.core.config import DataFeedbackConfig
+from modelchain.data.formats import AUTO, FEEDBACK_FORMATS
+from modelchain.data.sources import Batch, BadItem, SourceFile, expand, read_batches
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-@dataclass
-class FeedbackOptions:
-    uri: str
-    format: str = "auto"  # auto | langfuse | otel
-    min_score: Optional[float] = 0.5  # a numeric score at or above this is positive; None = labels only
-    score_names: list[str] = field(default_factory=list)  # [] = any score counts
-    positive_labels: list[str] = field(default_factory=lambda: list(POSITIVE_LABELS))
-    since: Optional[str] = None  # ISO-8601 time, or a duration before now such as 7d or 36h
-    until: Optional[str] = None
-
-
-POSITIVE_LABELS = ("positive", "thumbs_up", "thumbsup", "up", "good", "helpful", "correct", "pass", "accepted",
-                   "true", "yes", "1")
+# The options are the schema of data.feedback itself (uri, format, min_score, score_names,
+# positive_labels, since, until), so their defaults are written once (core/config.py).
+FeedbackOptions = DataFeedbackConfig
 
 
 def parse_time(value: Optional[str], now: datetime) -> Optional[datetime]:
@@ -297,7 +289,7 @@ def _records(files: list[SourceFile]) -> Iterator[tuple[str, int, Any]]:
 
 
 def _kind(record: dict, declared: str) -> str:
-    if declared != "auto":
+    if declared != AUTO:
         return declared
     if "resourceSpans" in record or ("attributes" in record and ("context" in record or "spanId" in record)):
         return "otel"
@@ -318,6 +310,8 @@ class TraceReader:
 
     def __init__(self, options: FeedbackOptions, system_prompt: Optional[str] = None,
                  now: Optional[datetime] = None, batch_rows: int = 1024):
+        if options.format not in (AUTO, *FEEDBACK_FORMATS):
+            raise ValueError(f"format must be {AUTO} or one of {', '.join(FEEDBACK_FORMATS)}, got {options.format!r}")
         self.options = options
         self.system = system_prompt
         now = now or datetime.now(timezone.utc)

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Optional
 
+from modelchain.core.s3 import S3UriError, split_uri
+from modelchain.core.s3 import client as s3_client
+from modelchain.data.formats import AUTO, EXTENSIONS, FAMILIES, TITLES
+
 BATCH_ROWS = 2048
 READ_CHUNK = 8 << 20  # bytes per read (and per S3 ranged GET)
 SNIFF_BYTES = 64 << 10
-FORMATS = ("jsonl", "json", "parquet", "csv")
-_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
-               ".csv": "csv", ".tsv": "csv"}
 # Names a JSON document may keep its rows under (the Langfuse API wraps lists in "data").
 _ROW_KEYS = ("data", "rows", "records", "items", "examples", "traces", "spans")
 _WILDCARDS = "*?["
@@ -65,30 +66,14 @@ class Batch:
 
 
 # --------------------------------------------------------------------------- S3
-def s3_client():
-    """boto3 S3 client from the standard chain: env keys, profile, or the pod's role.
-
-    The endpoint comes from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (boto3 reads them itself)
-    or MLFLOW_S3_ENDPOINT_URL; a custom endpoint gets path-style addressing, which
-    S3-compatible servers expect. Few retries: a wrong endpoint fails in seconds.
-    """
-    import boto3
-    from botocore.config import Config
-
-    endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-                or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None)
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
-                    s3={"addressing_style": "path"} if endpoint else {})
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    # A session of its own: boto3's default one keeps the credentials it resolved first.
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config, region_name=region)
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise DataError(f"{uri}: no bucket in the S3 URI")
-    return bucket, key
+# The client and the URI parser are core.s3's (one endpoint rule for every S3 reader).
+def _bucket_and_key(uri: str) -> tuple[str, str]:
+    """core.s3.split_uri, as a DataError; a key given with a trailing slash keeps it (a prefix)."""
+    try:
+        bucket, key = split_uri(uri)
+    except S3UriError as exc:
+        raise DataError(str(exc)) from exc
+    return bucket, (key + "/" if key and uri.endswith("/") else key)
 
 
 def s3_error(exc: BaseException, uri: str) -> DataError:
@@ -123,7 +108,7 @@ class S3Reader(io.RawIOBase):
     def __init__(self, client, uri: str, size: Optional[int] = None):
         super().__init__()
         self._client, self.uri = client, uri
-        self._bucket, self._key = split_s3(uri)
+        self._bucket, self._key = _bucket_and_key(uri)
         if size is None:
             try:
                 size = client.head_object(Bucket=self._bucket, Key=self._key)["ContentLength"]
@@ -165,7 +150,7 @@ def _is_data_name(name: str) -> bool:
     if base.startswith((".", "_")):  # hidden files, _SUCCESS markers
         return False
     stem = base[:-3] if base.endswith(".gz") else base
-    return Path(stem).suffix.lower() in _EXTENSIONS
+    return Path(stem).suffix.lower() in EXTENSIONS
 
 
 def expand(uri_list: str) -> list[SourceFile]:
@@ -174,7 +159,7 @@ def expand(uri_list: str) -> list[SourceFile]:
     for uri in [u.strip() for u in uri_list.split(",") if u.strip()]:
         found = _expand_s3(uri) if uri.startswith("s3://") else _expand_local(uri)
         if not found:
-            raise DataError(f"{uri}: no data files there (looked for {', '.join(sorted(_EXTENSIONS))}, optionally .gz)")
+            raise DataError(f"{uri}: no data files there (looked for {', '.join(sorted(EXTENSIONS))}, optionally .gz)")
         files += found
     if not files:
         raise DataError("no source URI given (data.source.uri)")
@@ -196,7 +181,7 @@ def _expand_local(uri: str) -> list[SourceFile]:
 
 
 def _expand_s3(uri: str) -> list[SourceFile]:
-    bucket, key = split_s3(uri)
+    bucket, key = _bucket_and_key(uri)
     client = s3_client()
     pattern = None
     if any(c in key for c in _WILDCARDS):
@@ -248,7 +233,7 @@ def claimed_format(uri: str) -> tuple[Optional[str], bool]:
     name = Path(uri.split("?")[0]).name.lower()
     gz = name.endswith(".gz")
     stem = name[:-3] if gz else name
-    return _EXTENSIONS.get(Path(stem).suffix), gz
+    return EXTENSIONS.get(Path(stem).suffix), gz
 
 
 def sniff(head: bytes) -> str:
@@ -277,14 +262,12 @@ def sniff(head: bytes) -> str:
     return "csv"
 
 
-_FAMILY = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}
-_NAMES = {"jsonl": "JSON Lines", "json": "JSON", "parquet": "Parquet", "csv": "CSV", "binary": "binary data",
-          "utf16": "UTF-16 text", "empty": "empty"}
+_NAMES = {**TITLES, "binary": "binary data", "utf16": "UTF-16 text", "empty": "empty"}  # and the sniffer's other verdicts
 
 
 def decide_format(uri: str, declared: str, sniffed: str) -> str:
     """The format to read with; an error when the content contradicts the name or config."""
-    claim = declared if declared != "auto" else claimed_format(uri)[0]
+    claim = declared if declared != AUTO else claimed_format(uri)[0]
     if sniffed == "utf16":
         raise DataError(f"{uri}: the content is UTF-16 text; convert it to UTF-8")
     if sniffed == "binary":
@@ -294,10 +277,10 @@ def decide_format(uri: str, declared: str, sniffed: str) -> str:
         sniffed = claim if claim in ("json", "jsonl") else "jsonl"
     if claim is None:
         return sniffed
-    if _FAMILY[claim] != _FAMILY[sniffed]:
+    if FAMILIES[claim] != FAMILIES[sniffed]:
         raise DataError(f"{uri}: the name says {_NAMES[claim]} but the content is {_NAMES[sniffed]}")
     # JSON and JSON Lines are told apart by content: many .json files hold one object a line.
-    return sniffed if _FAMILY[claim] == "json" else claim
+    return sniffed if FAMILIES[claim] == "json" else claim
 
 
 # --------------------------------------------------------------------------- readers
