@@ -6,7 +6,7 @@
 
 from setuptools import find_packages, setup
 
-FOLDERS = ["core", "configs", "pipelines", "components", "training", "eval", "tests", "bench"]
+FOLDERS = ["core", "configs", "pipelines", "components", "training", "eval", "serving", "tests", "bench"]
 
 package_dir = {f"modelchain.{folder}": folder for folder in FOLDERS}
 packages = []

@@ -247,10 +247,10 @@ class ServeConfig:
     analysis_interval_s: int = 60
     max_error_rate: float = 0.01
     max_p95_latency_s: float = 2.0
-    # -- canary analysis and rollout (components/canary/controller.py)
+    # -- canary analysis and rollout (serving/controller.py)
     max_p95_ttft_s: float = 1.0
     canary: ServeCanaryConfig = field(default_factory=ServeCanaryConfig)
-    # -- cluster deployment (`modelchain render serving`, cluster=eks): components/canary/manifests.py
+    # -- cluster deployment (`modelchain render serving`, cluster=eks): serving/manifests.py
     namespace: Optional[str] = None  # None = cluster.namespace
     app_name: str = "vllm"  # Deployments and Services <app_name>-stable and <app_name>-canary
     adapter_name: Optional[str] = None  # the LoRA name clients ask for; None = the registered model

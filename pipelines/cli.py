@@ -361,7 +361,7 @@ def cmd_render(args) -> int:
 
             manifests = render(cfg, args.name)
         elif args.what == "serving":
-            from modelchain.components.canary.manifests import render
+            from modelchain.serving.manifests import render
 
             manifests = render(cfg, args.adapter_uri, args.version, stable_uri=args.stable_uri,
                                stable_version=args.stable_version, canary_weight=args.canary_weight)

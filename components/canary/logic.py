@@ -20,10 +20,10 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from modelchain.components.canary.analysis import PrometheusAnalysis, Thresholds
-from modelchain.components.canary.controller import MlflowRegistryHooks, run_canary
-from modelchain.components.canary.local_stack import FAULTS, LocalStack, StackSpec, missing_tools, zero_adapter
-from modelchain.components.canary.traffic import TrafficGenerator, prompts_from_split
+from modelchain.serving.analysis import PrometheusAnalysis, Thresholds
+from modelchain.serving.controller import MlflowRegistryHooks, run_canary
+from modelchain.serving.local_stack import FAULTS, LocalStack, StackSpec, missing_tools, zero_adapter
+from modelchain.serving.traffic import TrafficGenerator, prompts_from_split
 from modelchain.core import registry
 from modelchain.core.io import atomic_write_json
 
@@ -153,7 +153,7 @@ def rollout(stack: LocalStack, settings: dict[str, Any], hooks, thresholds: Thre
 
 
 def _run_cluster(settings, hooks, thresholds, out_dir: Path) -> dict[str, Any]:
-    from modelchain.components.canary.httproute import HTTPRouteRouter
+    from modelchain.serving.httproute import HTTPRouteRouter
 
     serve, canary = settings["serve"], settings["serve"]["canary"]
     if not canary["prometheus_url"]:
@@ -168,7 +168,7 @@ def _run_cluster(settings, hooks, thresholds, out_dir: Path) -> dict[str, Any]:
 
 
 def _rewrite(report_json: Path, report: dict[str, Any]) -> None:
-    from modelchain.components.canary.controller import render_markdown
+    from modelchain.serving.controller import render_markdown
     from modelchain.core.io import atomic_write_text
 
     atomic_write_json(report_json, report)

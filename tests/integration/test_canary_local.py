@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from modelchain.components.canary.analysis import Thresholds
-from modelchain.components.canary.controller import MlflowRegistryHooks
-from modelchain.components.canary.local_stack import LocalStack, StackSpec, missing_tools
+from modelchain.serving.analysis import Thresholds
+from modelchain.serving.controller import MlflowRegistryHooks
+from modelchain.serving.local_stack import LocalStack, StackSpec, missing_tools
 from modelchain.components.canary.logic import rollout
 from modelchain.core import registry
 from modelchain.core.config import compose, to_container

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from modelchain.components.canary.analysis import PrometheusAnalysis, Thresholds
-from modelchain.components.canary.local_stack import _terminate, free_port, start_prometheus
+from modelchain.serving.analysis import PrometheusAnalysis, Thresholds
+from modelchain.serving.local_stack import _terminate, free_port, start_prometheus
 
 from ..local_http import LocalHttpServer
 
@@ -105,7 +105,7 @@ def test_no_data_for_an_unknown_side_and_a_missing_prometheus(prometheus):
     verdict = absent.analyse(5, 5, Thresholds())
     assert verdict.outcome == "no_data"
     assert verdict.canary.p95_latency_s is None and verdict.canary.up is None
-    from modelchain.components.canary.analysis import AnalysisError
+    from modelchain.serving.analysis import AnalysisError
 
     with pytest.raises(AnalysisError, match="did not answer"):
         PrometheusAnalysis(f"http://127.0.0.1:{free_port()}", {"canary": 'slot="b"'}).measure("canary", 5)

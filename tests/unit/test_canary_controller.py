@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from modelchain.components.canary.analysis import SideMetrics, Thresholds, judge
-from modelchain.components.canary.controller import OUTCOME_TAG, MlflowRegistryHooks, run_canary
-from modelchain.components.canary.router import InMemoryRouter, RouterError
+from modelchain.serving.analysis import SideMetrics, Thresholds, judge
+from modelchain.serving.controller import OUTCOME_TAG, MlflowRegistryHooks, run_canary
+from modelchain.serving.router import InMemoryRouter, RouterError
 from modelchain.core import registry
 from tests.registry_support import experiment_id, gate_run, make_adapter, mlflow_client, sqlite_uri, template_db  # noqa: F401
 

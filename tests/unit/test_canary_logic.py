@@ -5,7 +5,7 @@ import json
 import pytest
 
 from modelchain.components.canary import logic
-from modelchain.components.canary.local_stack import zero_adapter
+from modelchain.serving.local_stack import zero_adapter
 from modelchain.core.config import compose, to_container
 
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
-from modelchain.components.canary import manifests
-from modelchain.components.canary.manifests import ServingConfigError
+from modelchain.serving import manifests
+from modelchain.serving.manifests import ServingConfigError
 from modelchain.core.config import compose
 from modelchain.training import validate
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from modelchain.components.canary.router import NginxRouter
+from modelchain.serving.router import NginxRouter
 from modelchain.core.io import atomic_write_text
 
 FAULTS = ("", "unknown_model")
