@@ -206,7 +206,7 @@ class EvalConfig:
 # --------------------------------------------------------------------------- serve
 @dataclass
 class ServeCanaryConfig:
-    """The canary rollout after register (components/canary): analysis, local stack, faults."""
+    """The canary rollout after register (components/canary, serving/): analysis, local stack, faults."""
 
     enabled: str = "auto"  # auto (on where the local serving stack is installed) | true | false
     # Thresholds relative to stable (its metrics since the rollout began); absolute ones are
@@ -238,7 +238,7 @@ class ServeCanaryConfig:
 @dataclass
 class ServeConfig:
     name: str = MISSING
-    engine: str = "vllm"
+    engine: str = "local-vllm"  # the serving backend: a name in modelchain.serving.backend.ENGINES
     image: str = "vllm/vllm-openai:v0.11.0"
     served_model_name: str = "modelchain"
     max_loras: int = 4
@@ -628,7 +628,7 @@ GATE_METRICS = (
 # Lists with an owner elsewhere (data formats, gate metrics, LoRA targets, ...) are checked by
 # that owner: each module named here has `check_config(cfg, need)`. They are imported by name
 # because core sits below them in the dependency rule; each must stay light (no torch, no kfp).
-OWNER_CHECKS: tuple[str, ...] = ()
+OWNER_CHECKS: tuple[str, ...] = ("modelchain.serving.backend",)
 
 
 def _need(ok: bool, key: str, why: str) -> None:
@@ -682,8 +682,6 @@ def _validate(cfg: DictConfig) -> None:
                  f"(batch_size x grad_accum = {train.batch_size * train.grad_accum})")
             need(train.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
             need(train.local.keep_checkpoints >= 1, "train.local.keep_checkpoints", "must be >= 1")
-    if "serve" in cfg:
-        _validate_serve_canary(cfg.serve, need)
     rag = cfg.rag
     need(rag.chunk.overlap < rag.chunk.tokens, "rag.chunk.overlap", "must be smaller than rag.chunk.tokens")
     need(rag.milvus.metric in ("COSINE", "IP", "L2"), "rag.milvus.metric", f"must be COSINE, IP or L2, got {rag.milvus.metric!r}")
@@ -694,22 +692,6 @@ def _validate(cfg: DictConfig) -> None:
          "runtime openai needs an OpenAI-compatible base URL")
     need(embedding.dtype in ("float32", "bfloat16"), "rag.embedding.dtype", f"must be float32 or bfloat16, got {embedding.dtype!r}")
     need(embedding.batch_size >= 1, "rag.embedding.batch_size", "must be >= 1")
-
-
-def _validate_serve_canary(serve: DictConfig, need) -> None:
-    """The canary's steps, limits and switches (components/canary)."""
-    steps = list(serve.canary_steps)
-    need(bool(steps) and all(0 < s <= 100 for s in steps) and steps == sorted(set(steps)), "serve.canary_steps",
-         f"must be increasing percentages in 1..100, got {steps}")
-    need(serve.analysis_interval_s >= 1, "serve.analysis_interval_s", "must be >= 1")
-    canary = serve.canary
-    # Hydra parses `enabled=true` as a bool, which the str field keeps as "True".
-    need(str(canary.enabled).lower() in ("auto", "true", "false"), "serve.canary.enabled",
-         f"must be auto, true or false, got {canary.enabled!r}")
-    need(canary.fault in ("", "unknown_model"), "serve.canary.fault", f"must be '' or unknown_model, got {canary.fault!r}")
-    for key in ("max_latency_ratio", "max_ttft_ratio"):
-        need(canary[key] >= 1.0, f"serve.canary.{key}", f"must be >= 1.0, got {canary[key]}")
-    need(canary.min_requests >= 1, "serve.canary.min_requests", "must be >= 1")
 
 
 def _validate_data(data: DictConfig, need) -> None:

@@ -11,7 +11,7 @@ from modelchain.components.finetune.component import finetune
 from modelchain.components.gate.component import gate
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.register.component import register
-from modelchain.core.config import parameter_values
+from modelchain.core.config import group_json, parameter_values
 from modelchain.pipelines.build import place, run_parameters, settings_json
 
 
@@ -71,7 +71,10 @@ def build(cfg: DictConfig):
             )
             # canary -> promote (alias champion) or roll back; serve.canary.enabled can skip it
             place(
-                canary_op(settings=settings, model_uri=registered.output, splits=prep.outputs["splits"]),
+                canary_op(
+                    serve=group_json(cfg, "serve"), model=group_json(cfg, "model"), cluster=group_json(cfg, "cluster"),
+                    model_uri=registered.output, splits=prep.outputs["splits"],
+                ),
                 cluster,
             )
 

@@ -66,7 +66,8 @@ class HTTPRouteRouter:
 
     @classmethod
     def from_config(cls, cfg, api=None, **kwargs) -> "HTTPRouteRouter":
-        """The route and Services `modelchain render serving` wrote for this config."""
+        """The route and Services `modelchain render serving` wrote for this config (anything
+        with the `serve` and `cluster` groups as attributes)."""
         from modelchain.serving import manifests
 
         return cls(

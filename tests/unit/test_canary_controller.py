@@ -216,8 +216,13 @@ def test_judge_absolute_relative_and_no_data():
 
 
 def test_thresholds_from_config_name_the_key():
-    serve = {"max_error_rate": 0.01, "max_p95_latency_s": 2, "max_p95_ttft_s": 1,
-             "canary": {"max_error_rate_increase": 0.01, "max_latency_ratio": 0.5, "max_ttft_ratio": 1.5,
-                        "latency_tolerance_s": 0.2, "min_requests": 5}}
+    from omegaconf import OmegaConf
+
+    from modelchain.core.config import ServeConfig
+
+    serve = OmegaConf.merge(OmegaConf.structured(ServeConfig), {
+        "max_error_rate": 0.01, "max_p95_latency_s": 2, "max_p95_ttft_s": 1,
+        "canary": {"max_error_rate_increase": 0.01, "max_latency_ratio": 0.5, "max_ttft_ratio": 1.5,
+                   "latency_tolerance_s": 0.2, "min_requests": 5}})
     with pytest.raises(ValueError, match="serve.canary.max_latency_ratio"):
         Thresholds.from_serve(serve)
