@@ -340,7 +340,7 @@ def _add_render_verb(verbs) -> None:
 
 
 def cmd_render(args) -> int:
-    from modelchain.training.validate import ManifestError, default_crd_dir, write_manifests
+    from modelchain.core.manifest_validation import ManifestError, default_crd_dir, write_manifests
 
     overrides = list(args.overrides)
     if not any(o.startswith("cluster=") for o in overrides):

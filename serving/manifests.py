@@ -10,7 +10,7 @@
 - Pods land on the Karpenter inference pool (`cluster.karpenter.node_pools[serve.node_pool]`):
   its nodepool label as nodeSelector, its taints tolerated.
 
-Plain dicts: `modelchain render serving` validates them (training/validate.py) and writes YAML.
+Plain dicts: `modelchain render serving` validates them (core/manifest_validation.py) and writes YAML.
 Secrets appear only by name.
 """
 
