@@ -6,7 +6,7 @@
 
 from setuptools import find_packages, setup
 
-FOLDERS = ["core", "configs", "pipelines", "components", "data", "training", "eval", "tests", "bench"]
+FOLDERS = ["core", "configs", "pipelines", "components", "data", "training", "eval", "serving", "tests", "bench"]
 
 package_dir = {f"modelchain.{folder}": folder for folder in FOLDERS}
 packages = []

@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="keep the corpus and Milvus files here (default: a temporary folder)")
     args = parser.parse_args(argv)
 
-    import numpy as np
     from transformers import AutoTokenizer
 
     from modelchain.bench._rag_corpus import generate_corpus

@@ -206,7 +206,7 @@ class EvalConfig:
 # --------------------------------------------------------------------------- serve
 @dataclass
 class ServeCanaryConfig:
-    """The canary rollout after register (components/canary): analysis, local stack, faults."""
+    """The canary rollout after register (components/canary, serving/): analysis, local stack, faults."""
 
     enabled: str = "auto"  # auto (on where the local serving stack is installed) | true | false
     # Thresholds relative to stable (its metrics since the rollout began); absolute ones are
@@ -238,7 +238,7 @@ class ServeCanaryConfig:
 @dataclass
 class ServeConfig:
     name: str = MISSING
-    engine: str = "vllm"
+    engine: str = "local-vllm"  # the serving backend: a name in modelchain.serving.backend.ENGINES
     image: str = "vllm/vllm-openai:v0.11.0"
     served_model_name: str = "modelchain"
     max_loras: int = 4
@@ -247,10 +247,10 @@ class ServeConfig:
     analysis_interval_s: int = 60
     max_error_rate: float = 0.01
     max_p95_latency_s: float = 2.0
-    # -- canary analysis and rollout (components/canary/controller.py)
+    # -- canary analysis and rollout (serving/controller.py)
     max_p95_ttft_s: float = 1.0
     canary: ServeCanaryConfig = field(default_factory=ServeCanaryConfig)
-    # -- cluster deployment (`modelchain render serving`, cluster=eks): components/canary/manifests.py
+    # -- cluster deployment (`modelchain render serving`, cluster=eks): serving/manifests.py
     namespace: Optional[str] = None  # None = cluster.namespace
     app_name: str = "vllm"  # Deployments and Services <app_name>-stable and <app_name>-canary
     adapter_name: Optional[str] = None  # the LoRA name clients ask for; None = the registered model
@@ -651,6 +651,7 @@ OWNER_CHECKS: tuple[str, ...] = (
     "modelchain.core.vectorstore",
     "modelchain.core.embedder",
     "modelchain.data.checks",
+    "modelchain.serving.backend",
 )
 
 
@@ -687,26 +688,8 @@ def _validate(cfg: DictConfig) -> None:
         need(train.learning_rate > 0, "train.learning_rate", "must be > 0")
         need(train.lora.rank >= 1, "train.lora.rank", "must be >= 1")
         need(0.0 <= train.lora.dropout < 1.0, "train.lora.dropout", "must be in [0, 1)")
-    if "serve" in cfg:
-        _validate_serve_canary(cfg.serve, need)
     rag = cfg.rag
     need(rag.chunk.overlap < rag.chunk.tokens, "rag.chunk.overlap", "must be smaller than rag.chunk.tokens")
-
-
-def _validate_serve_canary(serve: DictConfig, need) -> None:
-    """The canary's steps, limits and switches (components/canary)."""
-    steps = list(serve.canary_steps)
-    need(bool(steps) and all(0 < s <= 100 for s in steps) and steps == sorted(set(steps)), "serve.canary_steps",
-         f"must be increasing percentages in 1..100, got {steps}")
-    need(serve.analysis_interval_s >= 1, "serve.analysis_interval_s", "must be >= 1")
-    canary = serve.canary
-    # Hydra parses `enabled=true` as a bool, which the str field keeps as "True".
-    need(str(canary.enabled).lower() in ("auto", "true", "false"), "serve.canary.enabled",
-         f"must be auto, true or false, got {canary.enabled!r}")
-    need(canary.fault in ("", "unknown_model"), "serve.canary.fault", f"must be '' or unknown_model, got {canary.fault!r}")
-    for key in ("max_latency_ratio", "max_ttft_ratio"):
-        need(canary[key] >= 1.0, f"serve.canary.{key}", f"must be >= 1.0, got {canary[key]}")
-    need(canary.min_requests >= 1, "serve.canary.min_requests", "must be >= 1")
 
 
 # An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import inspect
-import json
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from modelchain.core.config import RUN_PARAMETERS, parameter_values, to_container
+from modelchain.core.config import RUN_PARAMETERS, parameter_values
 
 
 def git_commit() -> str:
@@ -22,13 +21,6 @@ def git_commit() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
-
-
-def settings_json(cfg: DictConfig) -> str:
-    """The resolved config baked into every task (compile-time values; secrets by name only)."""
-    settings: dict[str, Any] = to_container(cfg)
-    settings["build"] = {"git_commit": git_commit()}
-    return json.dumps(settings, sort_keys=True)
 
 
 def run_parameters(pipeline: str, cfg: DictConfig, body: Callable[[dict[str, Any]], None]) -> Callable:

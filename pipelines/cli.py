@@ -357,7 +357,7 @@ def _add_render_verb(verbs) -> None:
 
 
 def cmd_render(args) -> int:
-    from modelchain.training.validate import ManifestError, default_crd_dir, write_manifests
+    from modelchain.core.manifest_validation import ManifestError, default_crd_dir, write_manifests
 
     overrides = list(args.overrides)
     if not any(o.startswith("cluster=") for o in overrides):
@@ -378,7 +378,7 @@ def cmd_render(args) -> int:
 
             manifests = get(cfg.cluster.training.backend).render(cfg, args.name)
         elif args.what == "serving":
-            from modelchain.components.canary.manifests import render
+            from modelchain.serving.manifests import render
 
             manifests = render(cfg, args.adapter_uri, args.version, stable_uri=args.stable_uri,
                                stable_version=args.stable_version, canary_weight=args.canary_weight)

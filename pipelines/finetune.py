@@ -12,14 +12,13 @@ from modelchain.components.gate.component import gate
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.register.component import register
 from modelchain.core.config import component_image, group_json, parameter_values
-from modelchain.pipelines.build import git_commit, place, run_parameters, settings_json
+from modelchain.pipelines.build import git_commit, place, run_parameters
 
 
 def build(cfg: DictConfig):
     """The pipeline function for `cfg`: run-time values become parameters with config defaults."""
     from kfp import dsl
 
-    settings = settings_json(cfg)
     image = component_image(cfg.cluster)
     data_prep_op, finetune_op, evaluate_op, gate_op, register_op, canary_op = (
         make_component(fn, image) for fn in (data_prep, finetune, evaluate, gate, register, canary)
@@ -89,7 +88,10 @@ def build(cfg: DictConfig):
             )
             # canary -> promote (alias champion) or roll back; serve.canary.enabled can skip it
             place(
-                canary_op(settings=settings, model_uri=registered.output, splits=prep.outputs["splits"]),
+                canary_op(
+                    serve=group_json(cfg, "serve"), model=group_json(cfg, "model"), cluster=group_json(cfg, "cluster"),
+                    model_uri=registered.output, splits=prep.outputs["splits"],
+                ),
                 cluster,
             )
 

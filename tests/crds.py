@@ -2,12 +2,12 @@
 
 import pytest
 
-from modelchain.training import validate
+from modelchain.core import manifest_validation
 
 
 def crd_dir():
     """The CRD folder ($MODELCHAIN_CRD_DIR, else ../shared/crds); the test is skipped without one."""
-    found = validate.default_crd_dir()
+    found = manifest_validation.default_crd_dir()
     if found is None:
         pytest.skip("no upstream CRDs: set MODELCHAIN_CRD_DIR or provide ../shared/crds beside the repository")
     return found

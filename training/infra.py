@@ -7,7 +7,7 @@
   `file_system_id` set, a static PersistentVolume for that existing file system instead of
   dynamic provisioning.
 
-Plain dicts: `modelchain render infra` validates them (training/validate.py) and writes YAML.
+Plain dicts: `modelchain render infra` validates them (core/manifest_validation.py) and writes YAML.
 """
 
 from __future__ import annotations

@@ -4,20 +4,23 @@ from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
 
 
 def canary(
-    settings: str,
+    serve: str,
+    model: str,
+    cluster: str,
     model_uri: str,
     splits: Input[Dataset],
     rollout: Output[Artifact],
     rollout_report: Output[Markdown],
 ) -> str:
     """Roll the registered version out as a canary; returns promoted, rolled_back or skipped."""
-    import json
     import shutil
     from pathlib import Path
 
     from modelchain.components.canary.logic import run
+    from modelchain.core.config import load_group
 
-    result = run(json.loads(settings), model_uri, splits.path, rollout.path)
+    result = run(load_group("serve", serve), load_group("model", model), load_group("cluster", cluster),
+                 model_uri, splits.path, rollout.path)
     markdown = Path(rollout.path) / "rollout.md"
     if markdown.exists():
         shutil.copy2(markdown, rollout_report.path)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from modelchain.components.canary.analysis import Thresholds
-from modelchain.components.canary.controller import MlflowRegistryHooks
-from modelchain.components.canary.local_stack import LocalStack, StackSpec, missing_tools
-from modelchain.components.canary.logic import rollout
 from modelchain.core import registry
-from modelchain.core.config import compose, to_container
+from modelchain.core.config import compose, group_json, load_group
+from modelchain.serving.analysis import Thresholds
+from modelchain.serving.controller import MlflowRegistryHooks
+from modelchain.serving.local_stack import LocalStack, StackSpec, missing_tools
+from modelchain.serving.local_vllm import LocalVllmBackend
+from modelchain.serving.rollout import rollout
 from tests.registry_support import gate_run, template_db  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -35,16 +36,16 @@ PROMPTS = [[{"role": "user", "content": f"Route this ticket: {text}"}] for text 
 )]
 
 
-def settings_for(**canary):
+def serve_for(**canary):
+    """The typed serve group the canary step would receive."""
     overrides = [f"serve.analysis_interval_s={INTERVAL_S}", "serve.canary_steps=[50,100]", "serve.canary.traffic_concurrency=4"]
     overrides += [f"serve.canary.{k}={v}" for k, v in canary.items()]
-    return to_container(compose("finetune", overrides))
+    return load_group("serve", group_json(compose("finetune", overrides), "serve"))
 
 
-SETTINGS = settings_for()
-if missing_tools(SETTINGS["serve"]["canary"]["vllm_python"]):
-    pytest.skip(f"local serving stack missing: {missing_tools(SETTINGS['serve']['canary']['vllm_python'])}",
-                allow_module_level=True)
+SERVE = serve_for()
+if missing_tools(SERVE.canary.vllm_python):
+    pytest.skip(f"local serving stack missing: {missing_tools(SERVE.canary.vllm_python)}", allow_module_level=True)
 
 
 def make_lora(base_dir: Path, out: Path, seed: int) -> Path:
@@ -76,7 +77,7 @@ def world(tmp_path_factory, template_db):  # noqa: F811
         adapters[str(version)] = make_lora(base, root / f"adapter{version}", seed=version)
         registry.register_adapter(client, gate_run(client, experiment), adapters[str(version)], model_name=MODEL, tags={})
     registry.promote(client, MODEL, "1")
-    spec = StackSpec.from_settings(SETTINGS, base, root / "stack")
+    spec = StackSpec.from_serve(SERVE, base, root / "stack")
     with LocalStack(spec) as stack:
         print(f"stack started: {stack.timings}")
         yield {"client": client, "stack": stack, "adapters": adapters, "root": root}
@@ -94,8 +95,9 @@ def test_a_healthy_candidate_is_promoted(world):
     client, stack, adapters = world["client"], world["stack"], world["adapters"]
     candidate_slot = stack.slot("canary").name
     out = world["root"] / "promote"
-    result = rollout(stack, SETTINGS, MlflowRegistryHooks(client, MODEL, "2"), Thresholds.from_serve(SETTINGS["serve"]),
-                     adapters["1"], adapters["2"], PROMPTS, out, "version 1 (champion)")
+    backend = LocalVllmBackend.on_stack(SERVE, stack)
+    backend.deploy_adapters(adapters["1"], adapters["2"], "version 1 (champion)", "2")
+    result = rollout(backend, SERVE, MlflowRegistryHooks(client, MODEL, "2"), Thresholds.from_serve(SERVE), PROMPTS, out)
     keep(Path(result["report"]), "promotion")
     assert result["outcome"] == "promoted", result["reason"]
     aliases = registry.aliases(client.get_registered_model(MODEL))
@@ -116,10 +118,11 @@ def test_a_healthy_candidate_is_promoted(world):
 
 def test_b_a_faulty_candidate_is_rolled_back_within_two_intervals(world):
     client, stack, adapters = world["client"], world["stack"], world["adapters"]
-    settings = settings_for(fault="unknown_model")
+    serve = serve_for(fault="unknown_model")
     out = world["root"] / "rollback"
-    result = rollout(stack, settings, MlflowRegistryHooks(client, MODEL, "3"), Thresholds.from_serve(settings["serve"]),
-                     adapters["2"], adapters["3"], PROMPTS, out, "version 2 (champion)")
+    backend = LocalVllmBackend.on_stack(serve, stack)
+    backend.deploy_adapters(adapters["2"], adapters["3"], "version 2 (champion)", "3")
+    result = rollout(backend, serve, MlflowRegistryHooks(client, MODEL, "3"), Thresholds.from_serve(serve), PROMPTS, out)
     keep(Path(result["report"]), "rollback")
     assert result["outcome"] == "rolled_back"
     assert "error_rate" in result["reason"]

@@ -11,8 +11,8 @@ content types, patch bodies) and what it reads back.
 
 import pytest
 
-from modelchain.components.canary import manifests
-from modelchain.components.canary.httproute import HTTPRouteRouter, RouteError
+from modelchain.serving import manifests
+from modelchain.serving.httproute import HTTPRouteRouter, RouteError
 from modelchain.core.config import compose
 from modelchain.tests.integration.kube_replay import KubeReplay
 
@@ -146,5 +146,5 @@ def test_bad_weights_are_refused_before_any_request(cfg):
 
 
 def test_is_a_traffic_router():
-    router_module = pytest.importorskip("modelchain.components.canary.router")
+    router_module = pytest.importorskip("modelchain.serving.router")
     assert isinstance(HTTPRouteRouter(NS, "vllm", "vllm-stable", "vllm-canary", api=object()), router_module.TrafficRouter)

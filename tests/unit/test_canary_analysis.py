@@ -12,12 +12,20 @@ import time
 
 import pytest
 
-from modelchain.components.canary.analysis import PrometheusAnalysis, Thresholds
-from modelchain.components.canary.local_stack import _terminate, free_port, start_prometheus
+from modelchain.core.config import ServeConfig
+from modelchain.serving.analysis import PrometheusAnalysis, Thresholds
+from modelchain.serving.local_stack import _terminate, free_port, start_prometheus
 
 from ..local_http import LocalHttpServer
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed (make setup-serve)")
+
+def schema_thresholds():
+    """The thresholds of the serve schema's defaults."""
+    from omegaconf import OmegaConf
+
+    return Thresholds.from_serve(OmegaConf.structured(ServeConfig))
+
 
 E2E_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0]  # vLLM's first latency bounds
 TTFT_BUCKETS = [0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5]
@@ -91,21 +99,21 @@ def test_each_side_measured_from_vllm_series(prometheus):
 
 
 def test_verdict_fails_on_errors_and_latency_and_passes_when_relaxed(prometheus):
-    verdict = prometheus.analyse(5, 5, Thresholds())
+    verdict = prometheus.analyse(5, 5, schema_thresholds())
     assert verdict.outcome == "fail"
     failed = {c.name for c in verdict.checks if not c.passed}
     assert {"error_rate_abs", "error_rate_rel", "p95_latency_s_rel", "p95_ttft_s_rel"} <= failed
     relaxed = Thresholds(max_error_rate=0.5, max_p95_latency_s=5, max_p95_ttft_s=1, max_error_rate_increase=0.5,
-                         max_latency_ratio=3, max_ttft_ratio=10, min_requests=5)
+                         max_latency_ratio=3, max_ttft_ratio=10, latency_tolerance_s=0.25, min_requests=5)
     assert prometheus.analyse(5, 5, relaxed).outcome == "pass"
 
 
 def test_no_data_for_an_unknown_side_and_a_missing_prometheus(prometheus):
     absent = PrometheusAnalysis(prometheus.url, {"stable": 'slot="a"', "canary": 'slot="nothing"'})
-    verdict = absent.analyse(5, 5, Thresholds())
+    verdict = absent.analyse(5, 5, schema_thresholds())
     assert verdict.outcome == "no_data"
     assert verdict.canary.p95_latency_s is None and verdict.canary.up is None
-    from modelchain.components.canary.analysis import AnalysisError
+    from modelchain.serving.analysis import AnalysisError
 
     with pytest.raises(AnalysisError, match="did not answer"):
         PrometheusAnalysis(f"http://127.0.0.1:{free_port()}", {"canary": 'slot="b"'}).measure("canary", 5)

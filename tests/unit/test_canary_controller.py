@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from modelchain.components.canary.analysis import SideMetrics, Thresholds, judge
-from modelchain.components.canary.controller import OUTCOME_TAG, MlflowRegistryHooks, run_canary
-from modelchain.components.canary.router import InMemoryRouter, RouterError
+from modelchain.serving.analysis import SideMetrics, Thresholds, judge
+from modelchain.serving.controller import OUTCOME_TAG, MlflowRegistryHooks, run_canary
+from modelchain.serving.router import InMemoryRouter, RouterError
 from modelchain.core import registry
 from tests.registry_support import experiment_id, gate_run, make_adapter, mlflow_client, sqlite_uri, template_db  # noqa: F401
 
@@ -216,8 +216,13 @@ def test_judge_absolute_relative_and_no_data():
 
 
 def test_thresholds_from_config_name_the_key():
-    serve = {"max_error_rate": 0.01, "max_p95_latency_s": 2, "max_p95_ttft_s": 1,
-             "canary": {"max_error_rate_increase": 0.01, "max_latency_ratio": 0.5, "max_ttft_ratio": 1.5,
-                        "latency_tolerance_s": 0.2, "min_requests": 5}}
+    from omegaconf import OmegaConf
+
+    from modelchain.core.config import ServeConfig
+
+    serve = OmegaConf.merge(OmegaConf.structured(ServeConfig), {
+        "max_error_rate": 0.01, "max_p95_latency_s": 2, "max_p95_ttft_s": 1,
+        "canary": {"max_error_rate_increase": 0.01, "max_latency_ratio": 0.5, "max_ttft_ratio": 1.5,
+                   "latency_tolerance_s": 0.2, "min_requests": 5}})
     with pytest.raises(ValueError, match="serve.canary.max_latency_ratio"):
         Thresholds.from_serve(serve)

@@ -5,12 +5,25 @@ import json
 import pytest
 
 from modelchain.components.canary import logic
-from modelchain.components.canary.local_stack import zero_adapter
-from modelchain.core.config import compose, to_container
+from modelchain.core.config import compose, group_json, load_group
+from modelchain.serving import local_vllm
+from modelchain.serving.backend import make_backend
+from modelchain.serving.local_stack import zero_adapter
 
 
-def settings(*overrides):
-    return to_container(compose("finetune", list(overrides)))
+def groups(*overrides):
+    """The typed serve, model and cluster groups the canary step receives."""
+    cfg = compose("finetune", list(overrides))
+    return tuple(load_group(group, group_json(cfg, group)) for group in ("serve", "model", "cluster"))
+
+
+def skip_reason(*overrides, base_model=None):
+    serve, model, cluster = groups(*overrides)
+    if base_model is not None:
+        backend = local_vllm.LocalVllmBackend(serve, cluster, model, base_model=base_model)
+    else:
+        backend = make_backend(serve, cluster, model)
+    return logic.skip_reason(serve, backend)
 
 
 def model_dir(tmp_path, hidden, heads):
@@ -20,30 +33,43 @@ def model_dir(tmp_path, hidden, heads):
 
 
 def test_enabled_false_auto_and_true(tmp_path, monkeypatch):
-    assert logic.skip_reason(settings("serve.canary.enabled=false")) == "serve.canary.enabled=false"
+    assert skip_reason("serve.canary.enabled=false") == "serve.canary.enabled=false"
     # a tiny test model (head size 16) cannot be served by vLLM's CPU attention: auto skips, true refuses
-    monkeypatch.setattr(logic, "missing_tools", lambda python: [])
+    monkeypatch.setattr(local_vllm, "missing_tools", lambda python: [])
     tiny = model_dir(tmp_path / "tiny", 64, 4)
-    assert "head size 16" in logic.skip_reason(settings(), tiny)
+    assert "head size 16" in skip_reason(base_model=tiny)
     with pytest.raises(RuntimeError, match="serve.canary.enabled=true but vLLM's CPU attention"):
-        logic.skip_reason(settings("serve.canary.enabled=true"), tiny)
-    assert logic.skip_reason(settings(), model_dir(tmp_path / "smol", 576, 9)) is None  # SmolLM2: 64
+        skip_reason("serve.canary.enabled=true", base_model=tiny)
+    assert skip_reason(base_model=model_dir(tmp_path / "smol", 576, 9)) is None  # SmolLM2: 64
     # without the serving stack: auto skips and says what is missing, true refuses
-    monkeypatch.setattr(logic, "missing_tools", lambda python: ["prometheus"])
-    assert "not installed (prometheus)" in logic.skip_reason(settings())
+    monkeypatch.setattr(local_vllm, "missing_tools", lambda python: ["prometheus"])
+    assert "not installed (prometheus)" in skip_reason()
     with pytest.raises(RuntimeError, match="needs prometheus"):
-        logic.skip_reason(settings("serve.canary.enabled=true"))
+        skip_reason("serve.canary.enabled=true")
     # the cluster path does not need the local stack
-    assert logic.skip_reason(settings("cluster=eks", "serve=eks")) is None
+    assert skip_reason("cluster=eks", "serve=eks") is None
+
+
+def test_serve_engine_picks_the_backend():
+    assert type(make_backend(*_serve_cluster_model())).name == "local-vllm"
+    assert type(make_backend(*_serve_cluster_model("cluster=eks"))).name == "k8s-vllm"  # serve follows cluster
+    assert type(make_backend(*_serve_cluster_model("cluster=eks", "serve=local"))).name == "local-vllm"
+    with pytest.raises(Exception, match=r"serve.engine: unknown engine 'nope' \(registered: local-vllm, k8s-vllm\)"):
+        compose("finetune", ["serve.engine=nope"])
+
+
+def _serve_cluster_model(*overrides):
+    serve, model, cluster = groups(*overrides)
+    return serve, cluster, model
 
 
 def test_skipped_canary_writes_its_reason(tmp_path):
     out = tmp_path / "rollout"
-    result = logic.run(settings("serve.canary.enabled=false"), "models:/m/1", tmp_path, out)
+    result = logic.run(*groups("serve.canary.enabled=false"), "models:/m/1", tmp_path, out)
     assert result["outcome"] == "skipped"
     assert json.loads((out / "rollout.json").read_text())["reason"] == "serve.canary.enabled=false"
     with pytest.raises(ValueError, match="must name a version"):
-        logic.run(settings("serve.canary.enabled=false"), "models:/m@champion", tmp_path, out)
+        logic.run(*groups("serve.canary.enabled=false"), "models:/m@champion", tmp_path, out)
 
 
 def test_zero_adapter_keeps_the_shape_and_zeroes_the_weights(tmp_path):
@@ -76,3 +102,20 @@ def test_the_pipeline_runs_the_canary_after_register(tmp_path):
     branch = spec["components"]["comp-condition-1"]["dag"]["tasks"]
     assert branch["canary"]["dependentTasks"] == ["register"]
     assert branch["canary"]["inputs"]["parameters"]["model_uri"]["taskOutputParameter"]["producerTask"] == "register"
+
+
+def test_the_kubernetes_backend_drives_the_rendered_route():
+    from modelchain.serving.backend import Rollout
+    from modelchain.serving.k8s_vllm import KubernetesVllmBackend
+
+    serve, model, cluster = groups("cluster=eks")
+    backend = KubernetesVllmBackend(serve, cluster, model, api=object())
+    with pytest.raises(ValueError, match="serve.canary.prometheus_url"):
+        backend.start(Rollout("m", "2"))
+    serve, model, cluster = groups("cluster=eks", "serve.canary.prometheus_url=http://prometheus:9090")
+    backend = KubernetesVllmBackend(serve, cluster, model, api=object())
+    backend.start(Rollout("m", "2"))
+    assert backend.router.describe().startswith(f"HTTPRoute {cluster.namespace}/{serve.route_name} ")
+    assert backend.router.services == {"stable": "vllm-stable", "canary": "vllm-canary"}
+    assert backend.analysis().selectors == {"stable": serve.canary.stable_selector, "canary": serve.canary.canary_selector}
+    assert backend.promote_serving is None and not backend.replays_traffic

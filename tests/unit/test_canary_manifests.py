@@ -8,10 +8,10 @@ import sys
 import pytest
 import yaml
 
-from modelchain.components.canary import manifests
-from modelchain.components.canary.manifests import ServingConfigError
+from modelchain.serving import manifests
+from modelchain.serving.manifests import ServingConfigError
 from modelchain.core.config import compose
-from modelchain.training import validate
+from modelchain.core import manifest_validation
 
 from ..crds import crd_dir
 
@@ -30,7 +30,7 @@ def cfg():
 @pytest.fixture(scope="module")
 def rendered(cfg):
     found = manifests.render(cfg, CANARY_URI, 4, stable_uri=STABLE_URI, stable_version=3, canary_weight=10)
-    return {validate.file_name(m): m for m in found}
+    return {manifest_validation.file_name(m): m for m in found}
 
 
 def container(deployment, name="vllm"):
@@ -53,7 +53,7 @@ def test_renders_both_tracks_services_budgets_and_the_route(rendered):
 
 
 def test_every_manifest_validates_strictly(rendered):
-    validate.validate_all(rendered.values(), crd_dir())
+    manifest_validation.validate_all(rendered.values(), crd_dir())
 
 
 def test_vllm_serves_the_adapter_under_one_public_name(rendered):
@@ -148,7 +148,7 @@ def test_route_splits_by_weight_between_the_services(rendered):
 
 
 def test_first_rollout_serves_the_candidate_on_both_tracks_with_all_traffic_on_stable(cfg):
-    found = {validate.file_name(m): m for m in manifests.render(cfg, CANARY_URI, 1)}
+    found = {manifest_validation.file_name(m): m for m in manifests.render(cfg, CANARY_URI, 1)}
     for track in ("stable", "canary"):
         assert container(found[f"deployment-vllm-{track}.yaml"], "fetch-adapter")["command"][4] == CANARY_URI + "/"
     weights = [ref["weight"] for ref in found["httproute-vllm.yaml"]["spec"]["rules"][0]["backendRefs"]]
@@ -180,7 +180,7 @@ def test_named_secrets_and_extra_placement():
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in container(deployment)["env"]
     assert container(deployment)["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert arg(container(deployment)["args"], "--tensor-parallel-size") == "4"
-    validate.validate_all(found, crd_dir())
+    manifest_validation.validate_all(found, crd_dir())
 
 
 def changed(cfg, values):
@@ -230,8 +230,8 @@ def test_an_invalid_manifest_names_file_and_field(rendered):
     bad = copy.deepcopy(list(rendered.values()))
     bad[-1]["spec"]["rules"][0]["backendRefs"][1]["weight"] = -1
     bad[0]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGett"] = {}
-    with pytest.raises(validate.ManifestError) as error:
-        validate.validate_all(bad, crd_dir())
+    with pytest.raises(manifest_validation.ManifestError) as error:
+        manifest_validation.validate_all(bad, crd_dir())
     text = str(error.value)
     assert "httproute-vllm.yaml (HTTPRoute vllm): spec.rules[0].backendRefs[1].weight: -1 is less than the minimum of 0" in text
     assert "deployment-vllm-stable.yaml (Deployment vllm-stable)" in text and "httpGett" in text
@@ -255,7 +255,7 @@ def test_render_serving_writes_validated_manifests(tmp_path):
              "poddisruptionbudget-vllm-canary.yaml", "httproute-vllm.yaml"]
     assert out.stdout.split() == [str(tmp_path / n) for n in names]
     written = [yaml.safe_load((tmp_path / n).read_text()) for n in names]
-    validate.validate_all(written, crd_dir())
+    manifest_validation.validate_all(written, crd_dir())
     assert [ref["weight"] for ref in written[-1]["spec"]["rules"][0]["backendRefs"]] == [95, 5]
     assert "&id" not in (tmp_path / names[0]).read_text()  # plain YAML, no anchors
 

@@ -6,8 +6,8 @@ import urllib.request
 
 import pytest
 
-from modelchain.components.canary.local_stack import free_port
-from modelchain.components.canary.router import NginxRouter, RouterError, TrafficRouter
+from modelchain.serving.local_stack import free_port
+from modelchain.serving.router import NginxRouter, RouterError, TrafficRouter
 
 from ..local_http import LocalHttpServer
 

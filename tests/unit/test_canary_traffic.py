@@ -4,7 +4,7 @@ import json
 import threading
 import time
 
-from modelchain.components.canary.traffic import TrafficGenerator, prompts_from_split
+from modelchain.serving.traffic import TrafficGenerator, prompts_from_split
 
 from ..local_http import LocalHttpServer
 

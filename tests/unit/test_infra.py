@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from modelchain.core.config import compose
-from modelchain.training import infra, validate
+from modelchain.core import manifest_validation
+from modelchain.training import infra
 
 from ..crds import crd_dir
 
@@ -18,7 +19,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def manifests(cfg):
-    return {validate.file_name(m): m for m in infra.render(cfg)}
+    return {manifest_validation.file_name(m): m for m in infra.render(cfg)}
 
 
 def requirement(pool, key):
@@ -91,13 +92,13 @@ def test_existing_file_system_gets_a_static_volume():
     cfg = compose("finetune", ["cluster=eks", "cluster.fsx.file_system_id=fs-0199e5a63bd90f796",
                                "cluster.fsx.dns_name=fs-0199e5a63bd90f796.fsx.us-east-1.amazonaws.com",
                                "cluster.fsx.mount_name=abcdefgh"])
-    by_name = {validate.file_name(m): m for m in infra.render(cfg)}
+    by_name = {manifest_validation.file_name(m): m for m in infra.render(cfg)}
     pv = by_name["persistentvolume-fsx-modelchain-pv.yaml"]
     assert pv["spec"]["csi"] == {"driver": "fsx.csi.aws.com", "volumeHandle": "fs-0199e5a63bd90f796",
                                  "volumeAttributes": {"dnsname": "fs-0199e5a63bd90f796.fsx.us-east-1.amazonaws.com",
                                                       "mountname": "abcdefgh"}}
     assert by_name["persistentvolumeclaim-fsx-modelchain.yaml"]["spec"]["volumeName"] == "fsx-modelchain-pv"
-    validate.validate_all(by_name.values(), crd_dir())
+    manifest_validation.validate_all(by_name.values(), crd_dir())
 
 
 def test_training_pods_land_on_a_rendered_pool(cfg):
@@ -106,7 +107,7 @@ def test_training_pods_land_on_a_rendered_pool(cfg):
 
 
 def test_every_infra_manifest_validates(manifests):
-    validate.validate_all(manifests.values(), crd_dir())
+    manifest_validation.validate_all(manifests.values(), crd_dir())
 
 
 def test_invalid_manifests_are_named_with_their_field_path(manifests):
@@ -115,8 +116,8 @@ def test_invalid_manifests_are_named_with_their_field_path(manifests):
     bad[1]["spec"]["template"]["spec"]["taintz"] = []
     bad[0]["spec"]["instanceStorePolicy"] = "RAID5"
     bad[5]["spec"]["accessMode"] = ["ReadWriteMany"]
-    with pytest.raises(validate.ManifestError) as err:
-        validate.validate_all(bad, crd_dir())
+    with pytest.raises(manifest_validation.ManifestError) as err:
+        manifest_validation.validate_all(bad, crd_dir())
     problems = err.value.problems
     assert any(p.startswith("nodepool-gpu-training.yaml (NodePool gpu-training): spec.disruption.budgets[0].nodes:")
                for p in problems)
@@ -129,12 +130,12 @@ def test_invalid_manifests_are_named_with_their_field_path(manifests):
 def test_unknown_metadata_field_on_a_custom_resource_is_an_error(manifests):
     pool = copy.deepcopy(manifests["nodepool-gpu-experiment.yaml"])
     pool["metadata"]["label"] = {"a": "b"}
-    with pytest.raises(validate.ManifestError, match=r"nodepool-gpu-experiment.yaml .*metadata: Additional properties"):
-        validate.validate_all([pool], crd_dir())
+    with pytest.raises(manifest_validation.ManifestError, match=r"nodepool-gpu-experiment.yaml .*metadata: Additional properties"):
+        manifest_validation.validate_all([pool], crd_dir())
 
 
 def test_strict_keeps_preserve_unknown_fields_open():
-    schema = validate.strict({
+    schema = manifest_validation.strict({
         "type": "object",
         "properties": {
             "spec": {"type": "object", "properties": {"a": {"type": "string"}}},
@@ -151,17 +152,17 @@ def test_custom_kind_without_its_crd_is_rejected(tmp_path, manifests):
     (tmp_path / "only.yaml").write_text(
         (crd_dir() / "kubeflow.org_pytorchjobs.yaml").read_text(encoding="utf-8"), encoding="utf-8"
     )
-    with pytest.raises(validate.ManifestError, match="no CRD for karpenter.sh/v1 NodePool"):
-        validate.validate_all([manifests["nodepool-gpu-training.yaml"]], tmp_path)
+    with pytest.raises(manifest_validation.ManifestError, match="no CRD for karpenter.sh/v1 NodePool"):
+        manifest_validation.validate_all([manifests["nodepool-gpu-training.yaml"]], tmp_path)
 
 
 def test_write_writes_nothing_when_one_manifest_is_invalid(tmp_path, manifests):
     bad = copy.deepcopy(list(manifests.values()))
     bad[-1]["spec"]["accessModes"] = "ReadWriteMany"  # a list in the API
     out = tmp_path / "out"
-    with pytest.raises(validate.ManifestError, match="persistentvolumeclaim-fsx-modelchain.yaml"):
-        validate.write_manifests(bad, out, crd_dir())
+    with pytest.raises(manifest_validation.ManifestError, match="persistentvolumeclaim-fsx-modelchain.yaml"):
+        manifest_validation.write_manifests(bad, out, crd_dir())
     assert not out.exists() or not any(out.iterdir())
-    written = validate.write_manifests(list(manifests.values()), out, crd_dir())
+    written = manifest_validation.write_manifests(list(manifests.values()), out, crd_dir())
     assert sorted(p.name for p in written) == sorted(manifests)
     assert yaml.safe_load(written[0].read_text()) == list(manifests.values())[0]

@@ -88,17 +88,17 @@ def test_build_batch_resets_positions_and_masks_boundaries():
     ids, pos, targets = batch["input_ids"].tolist(), batch["position_ids"].tolist(), batch["targets"].tolist()
     assert ids[0] == a.input_ids + b.input_ids
     assert pos[0] == [0, 1, 2, 3, 4, 0, 1, 2]  # each example starts again at 0
-    I = IGNORE_INDEX
+    X = IGNORE_INDEX
     # a: positions 2 and 3 predict its answer; a's last token does not predict b's first.
-    assert targets[0][:5] == [I, I, a.input_ids[3], a.input_ids[4], I]
-    assert targets[0][5:] == [I, b.input_ids[2], I]
+    assert targets[0][:5] == [X, X, a.input_ids[3], a.input_ids[4], X]
+    assert targets[0][5:] == [X, b.input_ids[2], X]
     # Row 2 is padded on the right; padding continues the positions and has no target.
     assert ids[1] == c.input_ids + [0, 0, 0]
     assert pos[1] == [0, 1, 2, 3, 4, 5, 6, 7]
-    assert targets[1] == [I, I, I, c.input_ids[4], I, I, I, I]
+    assert targets[1] == [X, X, X, c.input_ids[4], X, X, X, X]
     assert batch["real_tokens"] == 13 and batch["slots"] == 16
     # Exactly the answer tokens are targets, once each.
-    assert sum(t != I for row in targets for t in row) == 2 + 1 + 1
+    assert sum(t != X for row in targets for t in row) == 2 + 1 + 1
 
 
 def test_micro_batches_bound_rows_and_tokens():

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from modelchain.core.config import ConfigError, compose
-from modelchain.training import cost, pytorchjob, validate
+from modelchain.core import manifest_validation
+from modelchain.training import cost, pytorchjob
 
 from ..crds import crd_dir
 
@@ -124,7 +125,7 @@ def test_render_needs_eks_and_a_recipe():
 
 @pytest.mark.parametrize("overrides", [CLUSTER, ["cluster=eks"], CLUSTER + ["train.nodes=4", "cluster.training.kueue_queue=q"]])
 def test_rendered_training_manifests_validate(overrides):
-    validate.validate_all(pytorchjob.render(compose("finetune", overrides)), crd_dir())
+    manifest_validation.validate_all(pytorchjob.render(compose("finetune", overrides)), crd_dir())
 
 
 @pytest.mark.parametrize(

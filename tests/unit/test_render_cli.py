@@ -4,10 +4,9 @@ import os
 import subprocess
 import sys
 
-import pytest
 import yaml
 
-from modelchain.training import validate
+from modelchain.core import manifest_validation
 
 from ..crds import crd_dir
 
@@ -39,11 +38,11 @@ def test_render_training_writes_a_valid_job(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configmap-ft-1-code.yaml", "pytorchjob-ft-1.yaml"]
     job = yaml.safe_load((tmp_path / "pytorchjob-ft-1.yaml").read_text())
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
-    validate.validate_all([job, yaml.safe_load((tmp_path / "configmap-ft-1-code.yaml").read_text())], crd_dir())
+    manifest_validation.validate_all([job, yaml.safe_load((tmp_path / "configmap-ft-1-code.yaml").read_text())], crd_dir())
 
 
 def test_render_infra_writes_every_manifest(tmp_path):
-    out = modelchain("render", "infra", "--out", str(tmp_path), env={validate.CRD_DIR_ENV: str(crd_dir())})
+    out = modelchain("render", "infra", "--out", str(tmp_path), env={manifest_validation.CRD_DIR_ENV: str(crd_dir())})
     assert out.returncode == 0, out.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([
@@ -53,7 +52,7 @@ def test_render_infra_writes_every_manifest(tmp_path):
     assert out.stdout.split() == [str(tmp_path / n) for n in [
         "ec2nodeclass-gpu-efa.yaml", "nodepool-gpu-training.yaml", "nodepool-gpu-experiment.yaml",
         "nodepool-gpu-inference.yaml", "storageclass-fsx-lustre.yaml", "persistentvolumeclaim-fsx-modelchain.yaml"]]
-    validate.validate_all([yaml.safe_load(p.read_text()) for p in tmp_path.iterdir()], crd_dir())
+    manifest_validation.validate_all([yaml.safe_load(p.read_text()) for p in tmp_path.iterdir()], crd_dir())
 
 
 def test_invalid_manifest_is_refused_with_its_path_and_nothing_written(tmp_path):

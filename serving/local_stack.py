@@ -25,9 +25,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from modelchain.components.canary.router import NginxRouter
+from modelchain.serving.router import NginxRouter
 from modelchain.core.io import atomic_write_text
 
 FAULTS = ("", "unknown_model")
@@ -63,34 +63,35 @@ def _http(url: str, payload: Optional[dict] = None, timeout: float = 10.0) -> tu
 
 @dataclass
 class StackSpec:
+    """What the stack runs; built from the typed serve group (`from_serve`)."""
+
     base_model: Path
     public_name: str
     workdir: Path
     vllm_python: str
-    max_loras: int = 2
-    max_lora_rank: int = 16
-    max_model_len: int = 512
-    max_num_seqs: int = 4
-    dtype: str = "bfloat16"
-    start_timeout_s: float = 600.0
-    scrape_interval_s: int = 1
+    max_loras: int
+    max_lora_rank: int
+    max_model_len: int
+    max_num_seqs: int
+    dtype: str
+    start_timeout_s: float
+    scrape_interval_s: int
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any], base_model: Path, workdir: Path) -> "StackSpec":
-        serve = settings["serve"]
-        canary = serve["canary"]
+    def from_serve(cls, serve, base_model: Path, workdir: Path) -> "StackSpec":
+        canary = serve.canary
         return cls(
             base_model=Path(base_model),
-            public_name=serve["served_model_name"],
+            public_name=serve.served_model_name,
             workdir=Path(workdir),
-            vllm_python=canary["vllm_python"],
-            max_loras=int(serve["max_loras"]),
-            max_lora_rank=int(serve["max_lora_rank"]),
-            max_model_len=int(canary["max_model_len"]),
-            max_num_seqs=int(canary["max_num_seqs"]),
-            dtype=canary["dtype"],
-            start_timeout_s=float(canary["start_timeout_s"]),
-            scrape_interval_s=int(canary["scrape_interval_s"]),
+            vllm_python=canary.vllm_python,
+            max_loras=serve.max_loras,
+            max_lora_rank=serve.max_lora_rank,
+            max_model_len=canary.max_model_len,
+            max_num_seqs=canary.max_num_seqs,
+            dtype=canary.dtype,
+            start_timeout_s=float(canary.start_timeout_s),
+            scrape_interval_s=canary.scrape_interval_s,
         )
 
 

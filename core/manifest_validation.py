@@ -1,4 +1,5 @@
-"""Validate rendered manifests offline, strictly: custom kinds against their CRDs, core kinds
+"""Validate rendered manifests offline, strictly (every `modelchain render`: training, infra,
+serving, and the tests): custom kinds against their CRDs, core kinds
 against the Kubernetes OpenAPI schemas of `kubernetes-validate`.
 
 A CRD's `openAPIV3Schema` is applied with jsonschema after making it strict: an object that

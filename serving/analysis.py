@@ -34,29 +34,31 @@ class AnalysisError(RuntimeError):
 class Thresholds:
     """A step passes when the canary is under every absolute limit and not worse than stable
     by more than the relative ones. Latency ratios fail only above `latency_tolerance_s` of
-    difference: on a small model a few tens of ms can double a p95 without mattering."""
+    difference: on a small model a few tens of ms can double a p95 without mattering.
+    The values and their defaults come from the serve group (`from_serve`)."""
 
-    max_error_rate: float = 0.01
-    max_p95_latency_s: float = 2.0
-    max_p95_ttft_s: float = 1.0
-    max_error_rate_increase: float = 0.01
-    max_latency_ratio: float = 1.5
-    max_ttft_ratio: float = 1.5
-    latency_tolerance_s: float = 0.25
-    min_requests: int = 5
+    max_error_rate: float
+    max_p95_latency_s: float
+    max_p95_ttft_s: float
+    max_error_rate_increase: float
+    max_latency_ratio: float
+    max_ttft_ratio: float
+    latency_tolerance_s: float
+    min_requests: int
 
     @classmethod
-    def from_serve(cls, serve: dict[str, Any]) -> "Thresholds":
-        canary = serve["canary"]
+    def from_serve(cls, serve) -> "Thresholds":
+        """From the typed `serve` group: absolute limits in serve.*, relative ones in serve.canary.*."""
+        canary = serve.canary
         thresholds = cls(
-            max_error_rate=float(serve["max_error_rate"]),
-            max_p95_latency_s=float(serve["max_p95_latency_s"]),
-            max_p95_ttft_s=float(serve["max_p95_ttft_s"]),
-            max_error_rate_increase=float(canary["max_error_rate_increase"]),
-            max_latency_ratio=float(canary["max_latency_ratio"]),
-            max_ttft_ratio=float(canary["max_ttft_ratio"]),
-            latency_tolerance_s=float(canary["latency_tolerance_s"]),
-            min_requests=int(canary["min_requests"]),
+            max_error_rate=serve.max_error_rate,
+            max_p95_latency_s=serve.max_p95_latency_s,
+            max_p95_ttft_s=serve.max_p95_ttft_s,
+            max_error_rate_increase=canary.max_error_rate_increase,
+            max_latency_ratio=canary.max_latency_ratio,
+            max_ttft_ratio=canary.max_ttft_ratio,
+            latency_tolerance_s=canary.latency_tolerance_s,
+            min_requests=canary.min_requests,
         )
         for key in ("max_latency_ratio", "max_ttft_ratio"):
             if getattr(thresholds, key) < 1.0:

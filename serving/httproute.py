@@ -1,7 +1,7 @@
 """Traffic between the stable and canary vLLM Services, through a Gateway API HTTPRoute.
 
 `HTTPRouteRouter` is the cluster's TrafficRouter: `weights()` reads `backendRefs[].weight` of
-the route (gateway.networking.k8s.io/v1) rendered by components/canary/manifests.py,
+the route (gateway.networking.k8s.io/v1) rendered by serving/manifests.py,
 `set_weights()` changes them, and `scale_canary()` sets the canary Deployment's replicas.
 
 A weight change is one merge-patch of `spec.rules` that carries the route's resourceVersion:
@@ -66,8 +66,9 @@ class HTTPRouteRouter:
 
     @classmethod
     def from_config(cls, cfg, api=None, **kwargs) -> "HTTPRouteRouter":
-        """The route and Services `modelchain render serving` wrote for this config."""
-        from modelchain.components.canary import manifests
+        """The route and Services `modelchain render serving` wrote for this config (anything
+        with the `serve` and `cluster` groups as attributes)."""
+        from modelchain.serving import manifests
 
         return cls(
             manifests.namespace(cfg),

@@ -6,11 +6,11 @@
   artifact store (its S3 URI) into an emptyDir that vLLM reads from `/adapters/<name>`.
 - A Service per Deployment, a PodDisruptionBudget per Deployment, and a Gateway API HTTPRoute
   whose weighted backendRefs split traffic between the two Services; the canary controller
-  moves those weights (components/canary/httproute.py).
+  moves those weights (serving/httproute.py).
 - Pods land on the Karpenter inference pool (`cluster.karpenter.node_pools[serve.node_pool]`):
   its nodepool label as nodeSelector, its taints tolerated.
 
-Plain dicts: `modelchain render serving` validates them (training/validate.py) and writes YAML.
+Plain dicts: `modelchain render serving` validates them (core/manifest_validation.py) and writes YAML.
 Secrets appear only by name.
 """
 

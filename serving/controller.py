@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
-from modelchain.components.canary.analysis import Thresholds, Verdict
-from modelchain.components.canary.router import TrafficRouter
+from modelchain.serving.analysis import Thresholds, Verdict
+from modelchain.serving.router import TrafficRouter
 from modelchain.core.io import atomic_write_json, atomic_write_text
 
 OUTCOME_TAG = "canary.outcome"

@@ -1,0 +1,1 @@
+"""Serving engines, traffic routers, the canary controller and analysis, serving manifests."""

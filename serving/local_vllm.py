@@ -1,0 +1,147 @@
+"""serve.engine=local-vllm: the local serving stack (two vLLM CPU servers, nginx, Prometheus).
+
+The stable side serves the champion's adapter, or with no champion yet the base model through
+an all-zero adapter; the canary side serves the candidate, both under the public name. Both
+adapters are fetched from the registry (cluster.mlflow.tracking_uri) into
+`<cluster.workdir>/adapters/<model>/<version>`; the servers' state and logs go under
+`<cluster.workdir>/canary/<model>-<candidate>` (local state, not part of the report).
+Validation prompts are replayed through nginx while the controller moves the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from modelchain.serving.analysis import PrometheusAnalysis
+from modelchain.serving.backend import Rollout, ServingBackend
+from modelchain.serving.local_stack import LocalStack, StackSpec, missing_tools, zero_adapter
+
+# Head sizes vLLM 0.32's CPU attention backend accepts (CPUAttentionBackend.get_supported_head_sizes).
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def head_size(model_dir: Path) -> Optional[int]:
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+    except (OSError, ValueError, KeyError, ZeroDivisionError):
+        return None
+
+
+class LocalVllmBackend(ServingBackend):
+    name = "local-vllm"
+    replays_traffic = True
+
+    def __init__(self, serve, cluster, model, *, base_model: Optional[Path] = None, stack: Optional[LocalStack] = None):
+        """`base_model`: the base model folder (default: resolved from the model group);
+        `stack`: a LocalStack already running, which this backend then neither starts nor stops."""
+        super().__init__(serve, cluster, model)
+        self._base_model = base_model
+        self.stack = stack
+        self._owns_stack = False
+        self.stable_label = ""
+
+    @classmethod
+    def on_stack(cls, serve, stack: LocalStack) -> "LocalVllmBackend":
+        """A backend over a stack started elsewhere (tests reuse one stack for several rollouts)."""
+        return cls(serve, None, None, base_model=stack.spec.base_model, stack=stack)
+
+    @property
+    def base_model(self) -> Path:
+        if self._base_model is None:
+            from modelchain.core.models import resolve_base_model
+
+            m = self.model
+            self._base_model = resolve_base_model(m.name, path=m.path, gguf_package=m.gguf_package, gguf_file=m.gguf_file)
+        return self._base_model
+
+    def unavailable(self, required: bool) -> Optional[str]:
+        missing = missing_tools(self.serve.canary.vllm_python)
+        if missing:
+            if required:
+                raise RuntimeError(f"serve.canary.enabled=true but the local serving stack needs {', '.join(missing)}")
+            return f"the local serving stack is not installed ({', '.join(missing)})"
+        size = head_size(self.base_model)
+        if size is not None and size not in CPU_HEAD_SIZES:
+            why = f"vLLM's CPU attention cannot serve {self.base_model.name} (head size {size})"
+            if required:
+                raise RuntimeError(f"serve.canary.enabled=true but {why}")
+            return why
+        return None
+
+    def _workdir(self, rollout: Rollout) -> Path:
+        return Path(self.cluster.workdir).resolve() / "canary" / f"{rollout.model}-{rollout.candidate}"
+
+    def start(self, rollout: Rollout) -> None:
+        if self.stack is not None:
+            return
+        work = self._workdir(rollout)
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"canary: starting the local stack (2 vLLM CPU servers, nginx, Prometheus) under {work}", flush=True)
+        self.stack = LocalStack(StackSpec.from_serve(self.serve, self.base_model, work))
+        self._owns_stack = True
+        try:
+            self.stack.start()
+        except BaseException:
+            self.stop()
+            raise
+        print(f"canary: stack ready in {self.stack.timings['start_s']} s", flush=True)
+
+    def stop(self) -> None:
+        if self._owns_stack and self.stack is not None:
+            self.stack.stop()
+            self._owns_stack = False
+
+    def deploy(self, rollout: Rollout) -> str:
+        """Fetch the champion's and the candidate's adapters from the registry and load them."""
+        from modelchain.core import registry
+
+        adapters = Path(self.cluster.workdir).resolve() / "adapters" / rollout.model
+        tracking_uri = self.cluster.mlflow.tracking_uri
+        candidate = registry.resolve_adapter(f"models:/{rollout.model}/{rollout.candidate}", adapters / rollout.candidate,
+                                             tracking_uri=tracking_uri)
+        if rollout.champion is not None and rollout.champion != rollout.candidate:
+            stable = registry.resolve_adapter(f"models:/{rollout.model}/{rollout.champion}", adapters / rollout.champion,
+                                              tracking_uri=tracking_uri)
+            label = f"version {rollout.champion} (champion)"
+        else:
+            stable = zero_adapter(candidate, self.stack.spec.workdir / "zero-adapter")
+            label = "the base model (no champion yet; an all-zero adapter)"
+        print(f"canary: stable serves {label}", flush=True)
+        self.deploy_adapters(stable, candidate, label, rollout.candidate)
+        return label
+
+    def deploy_adapters(self, stable: Path, candidate: Path, stable_label: str, version: str = "") -> None:
+        """Load adapter folders: `stable` on the stable side, `candidate` (with serve.canary.fault) on the canary."""
+        fault = self.serve.canary.fault
+        self.stack.deploy("stable", stable)
+        self.stack.deploy("canary", candidate, fault=fault)
+        self.stable_label = stable_label
+        print(f"canary: version {version or candidate} deployed on the canary side"
+              + (f" with fault {fault!r}" if fault else ""), flush=True)
+
+    @property
+    def router(self):
+        return self.stack.router
+
+    def analysis(self) -> PrometheusAnalysis:
+        return PrometheusAnalysis(self.stack.prometheus_url, self.stack.selectors)
+
+    def scale_down_canary(self) -> None:
+        self.stack.scale_down_canary()
+
+    def promote_serving(self) -> None:
+        self.stack.promote_serving()
+
+    @property
+    def traffic_url(self) -> str:
+        return self.stack.url
+
+    def report(self) -> dict[str, Any]:
+        stack = self.stack
+        return {"timings": stack.timings, "stable": self.stable_label, "served_at_end": stack.served_adapters(),
+                "fault": self.serve.canary.fault,
+                "upstreams": {role: stack.slot(role).address for role in stack.roles}}
