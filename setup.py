@@ -1,12 +1,14 @@
 """Maps each top-level folder of the repository to ``modelchain.<folder>``.
 
 ``modelchain`` itself stays a namespace package, so nothing generic (``pipelines``,
-``eval``, ...) is installed at the top of site-packages. The metadata is in pyproject.toml.
+``eval``, ...) is installed at the top of site-packages. ``tests/`` is not installed: pytest
+finds it from the repository root (``pythonpath`` in pyproject.toml). The metadata is in
+pyproject.toml.
 """
 
 from setuptools import find_packages, setup
 
-FOLDERS = ["core", "configs", "pipelines", "components", "data", "training", "eval", "serving", "tests", "bench"]
+FOLDERS = ["core", "configs", "pipelines", "components", "data", "training", "eval", "serving", "bench"]
 
 package_dir = {f"modelchain.{folder}": folder for folder in FOLDERS}
 packages = []

@@ -6,7 +6,7 @@ Test modules import the fixtures they use from here.
 import pytest
 
 from modelchain.core import models
-from modelchain.tests.tiny_model import SMOLLM2
+from tests.tiny_model import SMOLLM2
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,8 @@
 import pytest
 
 from modelchain.core.vectorstore import MilvusLiteStore
-from modelchain.tests.rag_support import MIXED_CORPUS
-from modelchain.tests.s3_server import s3_env, s3_server  # noqa: F401 (fixtures)
+from tests.rag_support import MIXED_CORPUS
+from tests.s3_server import s3_env, s3_server  # noqa: F401 (fixtures)
 
 from .conftest import run_cli
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from modelchain.data.prepare import DataError, prepare
-from modelchain.tests.s3_server import s3_env, s3_server  # noqa: F401 (fixtures)
+from tests.s3_server import s3_env, s3_server  # noqa: F401 (fixtures)
 
 BUCKET = "datasets"
 ROWS = [{"prompt": f"S3 question {i} about a parcel", "response": f"answer {i}"} for i in range(60)]

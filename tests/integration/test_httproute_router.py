@@ -14,7 +14,7 @@ import pytest
 from modelchain.serving import manifests
 from modelchain.serving.httproute import HTTPRouteRouter, RouteError
 from modelchain.core.config import compose
-from modelchain.tests.integration.kube_replay import KubeReplay
+from tests.integration.kube_replay import KubeReplay
 
 NS = "kubeflow-user"
 ROUTE = f"/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/httproutes/vllm"
@@ -47,7 +47,7 @@ def test_recorded_route_is_the_rendered_one(cfg):
     """The recordings hold the route `render serving` writes, so the router is tested on it."""
     import json
 
-    from modelchain.tests.integration.kube_replay import RECORDINGS
+    from tests.integration.kube_replay import RECORDINGS
 
     recorded = json.loads((RECORDINGS / "httproute_shift.json").read_text())["exchanges"][0]["response"]["body"]
     assert recorded["spec"] == manifests.http_route(cfg, 0)["spec"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from modelchain.core.config import compose, group_json, load_group
-from modelchain.tests.integration.kube_replay import KubeReplay
+from tests.integration.kube_replay import KubeReplay
 from modelchain.training import cost, pytorchjob
 
 NS, NAME = "kubeflow-user", "llama3-8b-instruct-lora-t1"

@@ -6,8 +6,8 @@ import pytest
 from modelchain.components.chunk.logic import chunk_documents
 from modelchain.components.discover.logic import discover
 from modelchain.core.embedder import TokenCounter, default_model_path
-from modelchain.tests.rag_support import MIXED_CORPUS
-from modelchain.tests.s3_server import s3_env, s3_server  # noqa: F401 (fixtures)
+from tests.rag_support import MIXED_CORPUS
+from tests.s3_server import s3_env, s3_server  # noqa: F401 (fixtures)
 
 BUCKET = "rag-docs"
 

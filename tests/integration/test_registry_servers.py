@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -126,10 +127,11 @@ def test_racing_processes_keep_the_invariants(server_client, mlflow_server, tmp_
              ("rollback", "-")]
     procs = []
     for i, (role, arg) in enumerate(roles):
-        code = ("import sys; from modelchain.tests.registry_support import race_worker; race_worker(*sys.argv[1:])")
+        code = ("import sys; from tests.registry_support import race_worker; race_worker(*sys.argv[1:])")
         args = [mlflow_server.uri, name, role, arg, str(tmp_path / f"ready-{i}"), str(go), str(adapter)]
         procs.append(subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=dict(os.environ)))
+                                      stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                                      cwd=Path(__file__).resolve().parents[2]))  # `tests` from the root
     deadline = time.monotonic() + 180
     while not all((tmp_path / f"ready-{i}").exists() for i in range(len(roles))):  # all imported, then go together
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [p.stderr.read() for p in procs]

@@ -103,7 +103,7 @@ def test_missing_file(tmp_path):
 # --------------------------------------------------------------------------- the extended step
 from modelchain.components.data_prep.logic import options_from_config  # noqa: E402
 from modelchain.data.prepare import DedupOptions, TokenOptions  # noqa: E402
-from modelchain.tests.data_prep_support import smollm2_tokenizer_dir  # noqa: E402,F401 (fixture)
+from tests.data_prep_support import smollm2_tokenizer_dir  # noqa: E402,F401 (fixture)
 
 
 def read_jsonl(path):

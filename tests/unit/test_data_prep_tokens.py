@@ -3,7 +3,7 @@
 import pytest
 
 from modelchain.data.tokens import ChatRenderer, Reservoir, TokenBudget, load_tokenizer
-from modelchain.tests.data_prep_support import smollm2_tokenizer_dir  # noqa: F401 (fixture)
+from tests.data_prep_support import smollm2_tokenizer_dir  # noqa: F401 (fixture)
 
 
 def conv(user, answer="ok", system=None):

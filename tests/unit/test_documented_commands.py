@@ -61,7 +61,7 @@ def test_every_documented_command_parses(line):
 
 @pytest.mark.parametrize("line", [line for line in documented_commands() if _argv(line)[0] in RUNNABLE])
 def test_documented_commands_that_need_no_server_run(line, tmp_path, monkeypatch, capsys):
-    from modelchain.tests.crds import crd_dir
+    from tests.crds import crd_dir
 
     monkeypatch.chdir(tmp_path)  # relative outputs (ft.yaml, k8s/) land here
     monkeypatch.setenv("MODELCHAIN_HOME", str(tmp_path / "home"))

@@ -13,7 +13,7 @@ from modelchain.components.discover.logic import _glob, _glob_regex, discover
 from modelchain.components.upsert.logic import upsert_chunks
 from modelchain.core.embedder import TokenCounter, default_model_path
 from modelchain.core.vectorstore import MilvusLiteStore
-from modelchain.tests.rag_support import HTML_PAGE, MIXED_CORPUS, make_pdf, write_corpus
+from tests.rag_support import HTML_PAGE, MIXED_CORPUS, make_pdf, write_corpus
 
 
 @pytest.fixture(scope="module")

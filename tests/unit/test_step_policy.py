@@ -1,12 +1,16 @@
 """Caching and retries in the compiled IR follow pipelines/build.py's one table for both pipelines:
 only chunk is cached; the steps that talk to S3, MLflow or Milvus retry with backoff on EKS."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from modelchain.core.config import compose
 from modelchain.pipelines.build import CACHED_STEPS, RETRIED_STEPS
 from modelchain.pipelines.compile import compile_pipeline
+
+from ..tiny_model import tiny_model  # noqa: F401 (fixture)
 
 
 def _tasks(spec: dict) -> dict:
@@ -45,3 +49,44 @@ def test_retries_only_on_eks_and_only_where_safe(compiled):
                               "backoffMaxDuration": "600s"}, name
         else:
             assert policy is None, name
+
+
+def test_a_rerun_over_changed_data_at_the_same_uri_is_not_served_from_the_cache(tmp_path, tiny_model):
+    """The same `data_uri` next week can hold new data. The inputs a KFP cache keys on (the
+    task's image, command and argument values; kfp.local's LocalCache rule) do not change, so
+    a cached data-prep would hand the new run last week's splits. Its caching is off, so the
+    backend runs it again, and running it again gives the new data's splits."""
+    from kfp.local.cache import LocalCache
+
+    from modelchain.components.data_prep.logic import prepare_from_config
+    from modelchain.core.io import read_jsonl
+
+    source = tmp_path / "tickets.jsonl"
+    cfg = compose("finetune", ["model=local_dir", f"model.path={tiny_model}", f"data.source.uri={source}"])
+    path = tmp_path / "finetune.yaml"
+    compile_pipeline("finetune", cfg, path)
+    spec = next(doc for doc in yaml.safe_load_all(path.read_text()) if "root" in doc)
+    task = _tasks(spec)["data-prep"]
+    container = spec["deploymentSpec"]["executors"][
+        spec["components"][task["componentRef"]["name"]]["executorLabel"]]["container"]
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+
+    def cache_key() -> str:
+        arguments = {
+            name: value["runtimeValue"]["constant"] if "runtimeValue" in value
+            else defaults[value["componentInputParameter"]]["defaultValue"]
+            for name, value in task["inputs"]["parameters"].items()
+        }
+        return LocalCache(str(tmp_path / "cache")).compute_key(
+            "data-prep", container["image"], container["command"] + container.get("args", []), arguments)
+
+    demo = (Path(__file__).resolve().parents[2] / "data" / "demo" / "support_tickets.jsonl").read_text().splitlines()
+    runs = []
+    for week, rows in enumerate((demo[:120], demo[200:320])):
+        source.write_text("\n".join(rows) + "\n")
+        prepare_from_config(cfg.data, cfg.model, tmp_path / f"splits-{week}")
+        runs.append((cache_key(), read_jsonl(tmp_path / f"splits-{week}" / "train.jsonl")))
+    (first_key, first_train), (second_key, second_train) = runs
+    assert first_key == second_key  # what a cache sees is the same both weeks
+    assert {r["id"] for r in first_train}.isdisjoint({r["id"] for r in second_train})  # the data is not
+    assert not task.get("cachingOptions", {}).get("enableCache", False)  # so data-prep runs again

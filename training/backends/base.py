@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 # Written beside the adapter by a backend that runs a job elsewhere: {"kind", "name",
 # "namespace", "uid", "image"}. The gate copies it into the lineage of the model version.
 TRAINING_JOB_RECORD = "training_job.json"
 
 
+@runtime_checkable  # isinstance checks the methods: the seam test holds every backend to them
 class TrainingBackend(Protocol):
     name: str
 
