@@ -89,7 +89,9 @@ demo: setup setup-serve
 	$(VENV)/bin/modelchain demo
 
 # tests/integration/test_nemo_env.py runs tests/nemo with .venv-nemo's python.
-test: setup setup-nemo setup-serve
+# Lint first (the import contracts are part of the suite), then every environment the tests
+# use, the components image included: the in-image pipeline test runs in it.
+test: lint setup setup-nemo setup-serve image
 	$(PY) -m pytest
 
 test-fast: setup

@@ -5,6 +5,11 @@ Shared by the embed step (which embeds only ``plan.chunks_to_embed``), the upser
 document whose rows in the collection already have its ``doc_hash`` and exactly its chunk
 ids is left alone (and need not be embedded again). A changed document loses all its old
 rows and gets its new ones; a document that is gone loses its rows.
+
+No row is lost to a failed read: a document the chunk step quarantined (unreadable,
+unparsable, changed while listed) is passed as ``quarantined``; its rows stay as they are
+and the next run tries it again. Only documents absent from discover's listing (which
+fails as a whole rather than come back partial) are deleted.
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ class ChangePlan(NamedTuple):
     chunks_to_embed: list[dict]  # chunks of new and changed documents, in input order
     sources_to_delete: list[str]  # changed and removed documents: all their rows go first
     unchanged_sources: list[str]
+    # For the run's report (``change_report``): what happens to each document.
+    added_sources: list[str] = []
+    updated_sources: list[str] = []
+    removed_sources: list[str] = []
+    quarantined_sources: list[str] = []  # unreadable this run: their stored rows are kept
+    unchanged_chunks: int = 0  # rows of the unchanged and quarantined documents, left as they are
 
 
 class StoredRows(NamedTuple):
@@ -67,6 +78,7 @@ def plan_changes(
     allow_delete_all: bool = False,
     keep_sources: Iterable[str] = (),
     stored: Optional[StoredRows] = None,
+    quarantined: Iterable[str] = (),
 ) -> ChangePlan:
     """Compare ``chunks`` (the whole current corpus) with the collection.
 
@@ -75,7 +87,9 @@ def plan_changes(
     ``chunks`` would delete the whole collection, which is refused unless
     ``allow_delete_all`` (an empty corpus is more often a wrong source folder).
     ``keep_sources`` are documents known to be unchanged and not chunked again: their
-    rows stay. ``stored`` saves reading the collection when the caller already has.
+    rows stay. ``quarantined`` are documents that could not be read this run: their rows
+    stay too, and they count as neither unchanged nor removed. ``stored`` saves reading
+    the collection when the caller already has.
     """
     current_ids: dict[str, set[str]] = defaultdict(set)
     current_hash: dict[str, str] = {}
@@ -88,8 +102,9 @@ def plan_changes(
             raise ValueError(f"chunks of {source!r} carry different doc_hash values")
 
     stored_ids, stored_hashes = stored if stored is not None else read_stored(store)
+    held = set(quarantined) - set(current_ids)
     keep = set(keep_sources) & set(stored_ids)
-    if not chunks and not keep and stored_ids and not allow_delete_all:
+    if not chunks and not keep and not held and stored_ids and not allow_delete_all:
         raise ValueError(
             f"no chunks to ingest: this would delete all {len(stored_ids)} documents of "
             f"collection {store.collection!r}; check the source folder"
@@ -101,12 +116,64 @@ def plan_changes(
         if stored_hashes.get(source) == {current_hash[source]} and stored_ids.get(source) == ids
     }
     changed = {source for source in current_ids if source in stored_ids} - unchanged
-    removed = set(stored_ids) - set(current_ids) - keep
+    removed = set(stored_ids) - set(current_ids) - keep - held
     return ChangePlan(
         chunks_to_embed=[c for c in chunks if c["source"] not in unchanged],
         sources_to_delete=sorted(changed | removed),
         unchanged_sources=sorted(unchanged),
+        added_sources=sorted(set(current_ids) - set(stored_ids)),
+        updated_sources=sorted(changed),
+        removed_sources=sorted(removed),
+        quarantined_sources=sorted(held),
+        unchanged_chunks=sum(len(stored_ids.get(source, ())) for source in unchanged | held),
     )
+
+
+def change_report(plan: ChangePlan, deleted_chunks: int, total_rows: int) -> tuple[dict, str]:
+    """``(counts, markdown)`` of an applied plan: documents and chunks added, updated,
+    unchanged, deleted and quarantined (the shape of LangChain's ``index()`` result).
+
+    ``deleted_chunks`` counts every row removed, the old rows of updated documents included.
+    """
+    chunks_by_source: dict[str, int] = defaultdict(int)
+    for chunk in plan.chunks_to_embed:
+        chunks_by_source[chunk["source"]] += 1
+    counts = {
+        "added_documents": len(plan.added_sources),
+        "updated_documents": len(plan.updated_sources),
+        "unchanged_documents": len(plan.unchanged_sources),
+        "deleted_documents": len(plan.removed_sources),
+        "quarantined_documents": len(plan.quarantined_sources),
+        "added_chunks": sum(chunks_by_source[s] for s in plan.added_sources),
+        "updated_chunks": sum(chunks_by_source[s] for s in plan.updated_sources),
+        "unchanged_chunks": plan.unchanged_chunks,
+        "deleted_chunks": deleted_chunks,
+        "total_chunks": total_rows,
+    }
+    rows = [
+        ("added", plan.added_sources, counts["added_documents"], counts["added_chunks"]),
+        ("updated", plan.updated_sources, counts["updated_documents"], counts["updated_chunks"]),
+        ("unchanged", [], counts["unchanged_documents"], counts["unchanged_chunks"]),
+        ("deleted", plan.removed_sources, counts["deleted_documents"], counts["deleted_chunks"]),
+        ("quarantined (rows kept, retried next run)", plan.quarantined_sources,
+         counts["quarantined_documents"], "-"),
+    ]
+    lines = ["# RAG ingest: changes", "", "| documents | count | chunks | which |", "| --- | --- | --- | --- |"]
+    for name, sources, n_docs, n_chunks in rows:
+        shown = ", ".join(f"`{s}`" for s in sources[:5]) + (f" and {len(sources) - 5} more" if len(sources) > 5 else "")
+        lines.append(f"| {name} | {n_docs} | {n_chunks} | {shown} |")
+    lines += ["", f"The collection holds {total_rows} chunks."]
+    return counts, "\n".join(lines) + "\n"
+
+
+def change_line(counts: dict) -> str:
+    """One log line of ``change_report``'s counts."""
+    return (
+        "documents: {added_documents} added, {updated_documents} updated, {unchanged_documents} unchanged, "
+        "{deleted_documents} deleted, {quarantined_documents} quarantined; chunks: {added_chunks} added, "
+        "{updated_chunks} updated, {unchanged_chunks} unchanged, {deleted_chunks} deleted; "
+        "{total_chunks} in the collection"
+    ).format(**counts)
 
 
 # The embed step's output folder, which the upsert step reads: the plan and its vectors.
@@ -118,7 +185,7 @@ def save_plan(folder: str | Path, plan: ChangePlan, vectors: "np.ndarray") -> No
 
     with atomic_dir(folder) as out:
         atomic_write_jsonl(Path(out) / "chunks.jsonl", plan.chunks_to_embed)
-        atomic_write_json(Path(out) / "plan.json", {"sources_to_delete": plan.sources_to_delete, "unchanged_sources": plan.unchanged_sources})
+        atomic_write_json(Path(out) / "plan.json", {k: v for k, v in plan._asdict().items() if k != "chunks_to_embed"})
         np.save(Path(out) / "vectors.npy", np.asarray(vectors, dtype=np.float32))
 
 
@@ -130,7 +197,7 @@ def load_plan(folder: str | Path) -> tuple[ChangePlan, "np.ndarray"]:
 
     folder = Path(folder)
     plan_file = json.loads((folder / "plan.json").read_text())
-    plan = ChangePlan(read_jsonl(folder / "chunks.jsonl"), plan_file["sources_to_delete"], plan_file["unchanged_sources"])
+    plan = ChangePlan(read_jsonl(folder / "chunks.jsonl"), **plan_file)
     vectors = np.load(folder / "vectors.npy")
     if not plan.chunks_to_embed:
         vectors = vectors.reshape(0, 0)

@@ -282,10 +282,19 @@ class ServeConfig:
 
 
 # --------------------------------------------------------------------------- rag
+# The default rag.source.include: Markdown, HTML, PDF and text at any depth. The chunk step
+# owns the formats (components/chunk/logic.py); a test keeps this list equal to its suffixes.
+SUPPORTED_INCLUDE = (
+    "**/*.md", "**/*.markdown", "**/*.mdx", "**/*.html", "**/*.htm", "**/*.xhtml", "**/*.pdf", "**/*.txt",
+)
+
+
 @dataclass
 class RagSourceConfig:
     uri: str = MISSING
-    include: list[str] = field(default_factory=lambda: ["**/*.md", "**/*.txt"])
+    # Every file type the chunk step parses (components/chunk/logic.py SUPPORTED_SUFFIXES),
+    # at any depth: a folder or prefix alone is a corpus.
+    include: list[str] = field(default_factory=lambda: list(SUPPORTED_INCLUDE))
     exclude: list[str] = field(default_factory=list)
 
 
@@ -330,8 +339,12 @@ class SmokeQuestion:
 @dataclass
 class VerifyConfig:
     k: int = 5
-    min_recall: float = 0.6
+    min_recall: float = 0.6  # recall@k over the questions whose source is in the corpus
     questions: list[SmokeQuestion] = field(default_factory=list)
+    # Self-retrieval: this many chunks, spread over the corpus, are searched with their own
+    # text; at least min_self_recall of them must find their document in the top k.
+    self_check_samples: int = 20
+    min_self_recall: float = 0.8
 
 
 @dataclass

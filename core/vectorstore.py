@@ -97,6 +97,10 @@ def milvus_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+class MilvusUnreachable(ConnectionError):
+    """The store's Milvus cannot be opened (a server that does not answer, a path that cannot be made)."""
+
+
 class MilvusStore(ABC):
     """A Milvus collection of chunk rows with the schema in ``SCALAR_FIELDS`` plus ``vector``.
 
@@ -170,7 +174,13 @@ class MilvusStore(ABC):
     def client(self) -> Any:
         """The connected ``pymilvus.MilvusClient``."""
         if self._client is None:
-            self._client = self._connect()
+            try:
+                self._client = self._connect()
+            except Exception as exc:  # noqa: BLE001 - pymilvus raises its own and OS errors alike
+                reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                raise MilvusUnreachable(
+                    f"cannot open Milvus at {self.uri} (collection {self.collection!r}): {' '.join(str(reason).split())}"
+                ) from None
         return self._client
 
     def close(self) -> None:

@@ -227,7 +227,9 @@ def cmd_demo(args) -> int:
 
     results = []
     for pipeline in PIPELINE_NAMES:
-        cfg = _compose(pipeline, args.overrides)
+        # The demo ingests modelchain's own guides, the corpus the finetune evaluation reads.
+        demo_corpus = ["rag=project_docs"] if pipeline == "rag_ingest" else []
+        cfg = _compose(pipeline, [*demo_corpus, *args.overrides])
         log_path = log_path_for(pipeline, cfg)
         print(f"== {pipeline}: running with kfp.local (cluster={cfg.cluster.name}; full log: {log_path})", flush=True)
         run_local(pipeline, cfg, log_path=log_path, verbose=args.verbose)

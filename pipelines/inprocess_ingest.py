@@ -21,9 +21,16 @@ import time
 from typing import Any, Sequence
 
 from modelchain.components.chunk.logic import chunk_documents, chunking_signature
-from modelchain.components.discover.logic import DEFAULT_INCLUDE, discover
+from modelchain.components.discover.logic import DEFAULT_INCLUDE, discover, no_documents_message
 from modelchain.components.embed.logic import embed_chunks
-from modelchain.components.rag_changes import StoredRows, chunk_rows, plan_changes, read_stored
+from modelchain.components.rag_changes import (
+    StoredRows,
+    change_line,
+    change_report,
+    chunk_rows,
+    plan_changes,
+    read_stored,
+)
 from modelchain.core.embedder import BaseEmbedder
 from modelchain.core.vectorstore import VECTOR_STORES, MilvusStore
 
@@ -46,7 +53,7 @@ def ingest(
     start = time.perf_counter()
     documents = discover(source_uri, include, exclude, progress=progress)
     if not documents:
-        raise ValueError(f"no documents under {source_uri} matching {list(include)}")
+        raise ValueError(no_documents_message(source_uri, include, exclude))
     timings["discover_s"] = time.perf_counter() - start
 
     # A document whose bytes match its rows need not be chunked again, but only if the
@@ -65,7 +72,8 @@ def ingest(
     timings["chunk_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    plan = plan_changes(store, chunks, keep_sources=keep, stored=stored)
+    # A quarantined document (unreadable this run) keeps its rows and is tried again next run.
+    plan = plan_changes(store, chunks, keep_sources=keep, stored=stored, quarantined=[q["source"] for q in quarantined])
     store.ensure_collection()
     deleted = store.delete_sources(plan.sources_to_delete)
     pending: list[tuple[int, Any]] = []
@@ -88,6 +96,8 @@ def ingest(
         embed_chunks(plan.chunks_to_embed, embedder, on_batch=write, progress=progress)
         flush()
     store.set_ingest_state(signature)  # last: everything above is written
+    changes, _ = change_report(plan, deleted, store.count())
+    log.info("%s", change_line(changes))
     timings["embed_write_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - start
     written = {chunk["source"] for chunk in plan.chunks_to_embed}
@@ -101,7 +111,8 @@ def ingest(
         "written_documents": len(written),
         "removed_documents": len(set(plan.sources_to_delete) - written),
         "skipped_documents": len(plan.unchanged_sources),
-        "total_rows": store.count(),
+        "total_rows": changes["total_chunks"],
+        "changes": changes,
         **timings,
     }
 

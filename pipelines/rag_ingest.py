@@ -37,11 +37,16 @@ def build(cfg: DictConfig):
         # no longer match it.
         parts = place(chunk_op(rag=rag, manifest=found.outputs["manifest"]), cluster)
         # The steps that open the collection get the token from the secret, by name.
-        vectors = with_token(place(embed_op(rag=rag, chunks=parts.outputs["chunks"]), cluster), token_secret)
+        # A quarantined document (unreadable this run) keeps its rows: embed plans with it.
+        vectors = with_token(
+            place(embed_op(rag=rag, chunks=parts.outputs["chunks"], quarantine=parts.outputs["quarantine"]), cluster),
+            token_secret,
+        )
         written = with_token(
             place(upsert_op(rag=rag, embeddings=vectors.outputs["embeddings"]), cluster), token_secret
         )
-        with_token(place(verify_op(rag=rag, chunks=parts.outputs["chunks"]), cluster), token_secret).after(written)
+        checked = verify_op(rag=rag, chunks=parts.outputs["chunks"], quarantine=parts.outputs["quarantine"])
+        with_token(place(checked, cluster), token_secret).after(written)
 
     return dsl.pipeline(
         run_parameters("rag_ingest", cfg, body),

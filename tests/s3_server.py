@@ -94,8 +94,14 @@ class S3Server:
                 sock.unlink(missing_ok=True)
 
 
-def start_s3_server(access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, required: bool = False) -> S3Server:
+def start_s3_server(
+    access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, required: bool = False,
+    extra_identities: list[dict] | None = None,
+) -> S3Server:
     """Start `weed server` with an S3 gateway on free loopback ports and wait until it answers.
+
+    ``extra_identities`` are added to s3.json beside the admin one (e.g. a key that may list a
+    bucket but read only some of its objects: actions ``List:BUCKET``, ``Read:BUCKET/PREFIX``).
 
     Without `weed` the test is skipped, or fails where `required` (the dev extra is installed).
     """
@@ -107,7 +113,8 @@ def start_s3_server(access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, 
     folder = Path(tempfile.mkdtemp(prefix="modelchain-s3-"))
     (folder / "data").mkdir()
     identities = {"identities": [{"name": "tester", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+                                 *(extra_identities or [])]}
     (folder / "s3.json").write_text(json.dumps(identities))
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
     cmd = [

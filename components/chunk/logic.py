@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 PDF_SUFFIXES = (".pdf",)
+TEXT_SUFFIXES = (".txt",)
+# What a folder or prefix alone ingests (core.config.SUPPORTED_INCLUDE spells it as globs;
+# any other name an include pattern picks is read as plain text).
+SUPPORTED_SUFFIXES = MARKDOWN_SUFFIXES + HTML_SUFFIXES + PDF_SUFFIXES + TEXT_SUFFIXES
 HEADING_SEPARATOR = " > "
 _HEADING_KEYS = [("#" * level, f"h{level}") for level in range(1, 7)]
 _FRONT_MATTER = re.compile(
@@ -336,7 +340,19 @@ class _WholeIfItFits:
 
 
 def chunk_corpus(rag: "DictConfig", documents: Iterable[dict], progress: bool = True) -> tuple[list[dict], list[dict]]:
-    """``chunk_documents`` with the sizes of a typed ``rag.chunk`` and the tokenizer of ``rag.embedding``."""
+    """``chunk_documents`` with the sizes of a typed ``rag.chunk`` and the tokenizer of ``rag.embedding``.
+
+    ValueError when not one document could be read (a folder of binaries, an S3 endpoint
+    refusing every read): the run stops here, before anything is planned or deleted.
+    """
     from modelchain.components.rag_settings import open_embedder
 
-    return chunk_documents(documents, open_embedder(rag).tokenizer, rag.chunk.tokens, rag.chunk.overlap, progress)
+    documents = list(documents)
+    chunks, quarantined = chunk_documents(documents, open_embedder(rag).tokenizer, rag.chunk.tokens, rag.chunk.overlap, progress)
+    if documents and len(quarantined) == len(documents):
+        first = quarantined[0]
+        raise ValueError(
+            f"none of the {len(documents)} documents could be read or parsed, e.g. "
+            f"{documents[0].get('uri', first['source'])}: {first['reason']}"
+        )
+    return chunks, quarantined

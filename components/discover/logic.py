@@ -14,21 +14,44 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from modelchain.core.config import SUPPORTED_INCLUDE
 from modelchain.core.io import sha256_file
 from modelchain.core.progress import progress_bar
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-DEFAULT_INCLUDE = ("**/*.md", "**/*.txt")
+DEFAULT_INCLUDE = SUPPORTED_INCLUDE  # every supported type, at any depth
 
 
 def discover_corpus(source: "DictConfig", progress: bool = True) -> list[dict]:
     """The documents of a typed ``rag.source`` (uri, include, exclude); ValueError if there are none."""
     documents = discover(source.uri, include=source.include, exclude=source.exclude, progress=progress)
     if not documents:
-        raise ValueError(f"no documents under {source.uri} matching {list(source.include)}")
+        raise ValueError(no_documents_message(source.uri, source.include, source.exclude))
     return documents
+
+
+def no_documents_message(source_uri: str, include: Sequence[str], exclude: Sequence[str] = ()) -> str:
+    """One line saying why ``source_uri`` gave no documents: empty, or nothing matches the globs."""
+    names = _all_names(source_uri)
+    if not names:
+        return f"no documents under {source_uri}: it holds no files"
+    patterns = ", ".join(include)
+    excluded = f" and not rag.source.exclude ({', '.join(exclude)})" if exclude else ""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"no documents under {source_uri}: none of its {len(names)} files ({shown}) matches "
+        f"rag.source.include ({patterns}){excluded}"
+    )
+
+
+def _all_names(source_uri: str) -> list[str]:
+    """Every non-hidden file under a folder or prefix, relative to it (for error messages)."""
+    if source_uri.startswith("s3://"):
+        return [r["source"] for r in _discover_s3(source_uri, ["**"], [], progress=False)]
+    root = _local_root(source_uri)
+    return sorted(p.relative_to(root).as_posix() for p in _glob(root, "**"))
 
 
 def discover(

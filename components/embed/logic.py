@@ -19,16 +19,21 @@ log = logging.getLogger(__name__)
 BatchCallback = Callable[[list[int], "np.ndarray"], None]
 
 
-def embed_changes(rag: "DictConfig", chunks: Sequence[dict]) -> tuple[ChangePlan, "np.ndarray"]:
+def embed_changes(
+    rag: "DictConfig", chunks: Sequence[dict], quarantined: Sequence[dict] = ()
+) -> tuple[ChangePlan, "np.ndarray"]:
     """The plan against the collection of a typed ``rag`` config, and the vectors of the
-    chunks it says to embed (new and changed documents only; an empty array when none)."""
+    chunks it says to embed (new and changed documents only; an empty array when none).
+
+    ``quarantined`` (the chunk step's ``{source, reason}`` records) keep their stored rows.
+    """
     import numpy as np
 
     from modelchain.components.rag_changes import plan_changes
     from modelchain.components.rag_settings import open_embedder, open_store
 
     with open_store(rag) as store:
-        plan = plan_changes(store, chunks)
+        plan = plan_changes(store, chunks, quarantined=[q["source"] for q in quarantined])
     if not plan.chunks_to_embed:
         return plan, np.zeros((0, 0), dtype=np.float32)
     return plan, embed_chunks(plan.chunks_to_embed, open_embedder(rag))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from modelchain.components.rag_changes import ChangePlan, chunk_rows, plan_changes
+from modelchain.components.rag_changes import ChangePlan, change_report, chunk_rows, plan_changes
 from modelchain.core.vectorstore import MilvusStore
 
 if TYPE_CHECKING:
@@ -28,7 +28,9 @@ def apply_changes(store: MilvusStore, plan: ChangePlan, vectors: "np.ndarray") -
     """Carry out ``plan``; ``vectors`` row i belongs to ``plan.chunks_to_embed[i]``.
 
     Returns counts: ``inserted`` and ``deleted`` rows, ``written_documents`` (new or
-    changed), ``removed_documents``, ``skipped_documents`` (unchanged), ``total_rows``.
+    changed), ``removed_documents``, ``skipped_documents`` (unchanged), ``total_rows``,
+    and the documents and chunks added, updated, unchanged, deleted and quarantined
+    (``rag_changes.change_report``).
     """
     if len(vectors) != len(plan.chunks_to_embed):
         raise ValueError(
@@ -38,13 +40,15 @@ def apply_changes(store: MilvusStore, plan: ChangePlan, vectors: "np.ndarray") -
     deleted = store.delete_sources(plan.sources_to_delete)
     inserted = store.upsert(chunk_rows(plan.chunks_to_embed, vectors))
     written = {chunk["source"] for chunk in plan.chunks_to_embed}
+    total_rows = store.count()
     return {
         "inserted": inserted,
         "deleted": deleted,
         "written_documents": len(written),
         "removed_documents": len(set(plan.sources_to_delete) - written),
         "skipped_documents": len(plan.unchanged_sources),
-        "total_rows": store.count(),
+        "total_rows": total_rows,
+        **change_report(plan, deleted, total_rows)[0],
     }
 
 

@@ -30,7 +30,7 @@ def test_ingest_from_s3_with_every_format(s3_env, tmp_path):  # noqa: F811
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    assert "recall@5 | 1.000" in result.stdout
+    assert "questions) | 1.000 |" in result.stdout
     assert "quarantined broken.pdf: not a readable PDF" in output
     assert "quarantined latin1.md: not UTF-8 text" in output
     with MilvusLiteStore(str(home / "milvus.db"), "mixed", 384) as store:
