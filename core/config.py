@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from modelchain.core.corpus import SUPPORTED_INCLUDE
+
 PIPELINES = ("finetune", "rag_ingest")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -282,18 +284,13 @@ class ServeConfig:
 
 
 # --------------------------------------------------------------------------- rag
-# The default rag.source.include: Markdown, HTML, PDF and text at any depth. The chunk step
-# owns the formats (components/chunk/logic.py); a test keeps this list equal to its suffixes.
-SUPPORTED_INCLUDE = (
-    "**/*.md", "**/*.markdown", "**/*.mdx", "**/*.html", "**/*.htm", "**/*.xhtml", "**/*.pdf", "**/*.txt",
-)
 
 
 @dataclass
 class RagSourceConfig:
     uri: str = MISSING
-    # Every file type the chunk step parses (components/chunk/logic.py SUPPORTED_SUFFIXES),
-    # at any depth: a folder or prefix alone is a corpus.
+    # Every document type a corpus may hold (core/corpus.py SUPPORTED_SUFFIXES), at any
+    # depth: a folder or prefix alone is a corpus.
     include: list[str] = field(default_factory=lambda: list(SUPPORTED_INCLUDE))
     exclude: list[str] = field(default_factory=list)
 

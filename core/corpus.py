@@ -17,6 +17,16 @@ from typing import Any
 
 from modelchain.core.io import sha256_bytes
 
+# The document types a corpus may hold, by file ending: the chunk step parses each family
+# (any other name an include pattern picks is read as plain text), and the default
+# rag.source.include takes them all at any depth.
+MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
+HTML_SUFFIXES = (".html", ".htm", ".xhtml")
+PDF_SUFFIXES = (".pdf",)
+TEXT_SUFFIXES = (".txt",)
+SUPPORTED_SUFFIXES = MARKDOWN_SUFFIXES + HTML_SUFFIXES + PDF_SUFFIXES + TEXT_SUFFIXES
+SUPPORTED_INCLUDE = tuple(f"**/*{suffix}" for suffix in SUPPORTED_SUFFIXES)
+
 
 class DocumentChanged(Exception):
     """A document's bytes differ from its discover record: it changed after it was listed."""

@@ -18,20 +18,19 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from modelchain.core.corpus import DocumentChanged, DocumentReader
+from modelchain.core.corpus import (
+    HTML_SUFFIXES,
+    MARKDOWN_SUFFIXES,
+    PDF_SUFFIXES,
+    DocumentChanged,
+    DocumentReader,
+)
 from modelchain.core.io import sha256_bytes, sha256_text
 from modelchain.core.progress import progress_bar
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
-HTML_SUFFIXES = (".html", ".htm", ".xhtml")
-PDF_SUFFIXES = (".pdf",)
-TEXT_SUFFIXES = (".txt",)
-# What a folder or prefix alone ingests (core.config.SUPPORTED_INCLUDE spells it as globs;
-# any other name an include pattern picks is read as plain text).
-SUPPORTED_SUFFIXES = MARKDOWN_SUFFIXES + HTML_SUFFIXES + PDF_SUFFIXES + TEXT_SUFFIXES
 HEADING_SEPARATOR = " > "
 _HEADING_KEYS = [("#" * level, f"h{level}") for level in range(1, 7)]
 _FRONT_MATTER = re.compile(

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from modelchain.core.config import SUPPORTED_INCLUDE
+from modelchain.core.corpus import SUPPORTED_INCLUDE
 from modelchain.core.io import sha256_file
 from modelchain.core.progress import progress_bar
 

@@ -3,13 +3,14 @@ failed read, and the change report. Real model, real Milvus Lite."""
 
 import pytest
 
-from modelchain.components.chunk.logic import SUPPORTED_SUFFIXES, chunk_corpus, chunk_documents
+from modelchain.components.chunk.logic import chunk_corpus, chunk_documents
 from modelchain.components.discover.logic import discover, discover_corpus
 from modelchain.components.embed.logic import embed_chunks
 from modelchain.components.rag_changes import change_line, change_report, plan_changes
 from modelchain.components.upsert.logic import apply_changes
 from modelchain.components.verify.logic import verify
-from modelchain.core.config import SUPPORTED_INCLUDE, compose
+from modelchain.core.config import compose
+from modelchain.core.corpus import SUPPORTED_INCLUDE, SUPPORTED_SUFFIXES
 from modelchain.core.retriever import Retriever
 from tests.unit.test_rag_ingest_logic import CORPUS, QUESTIONS, corpus, embedder, store  # noqa: F401 - fixtures
 
@@ -33,6 +34,7 @@ def rows_by_source(store):
 
 
 def test_the_default_include_is_every_supported_type_at_any_depth():
+    assert set(SUPPORTED_SUFFIXES) >= {".md", ".html", ".pdf", ".txt"}
     assert {pattern.removeprefix("**/*") for pattern in SUPPORTED_INCLUDE} == set(SUPPORTED_SUFFIXES)
     rag = compose("rag_ingest", ["rag.source.uri=/somewhere"]).rag
     assert list(rag.source.include) == list(SUPPORTED_INCLUDE)
