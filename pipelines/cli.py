@@ -441,7 +441,8 @@ def _add_eval_verb(verbs) -> None:
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the finetune config, e.g. eval=default")
     p.add_argument("--adapter", required=True, metavar="DIR", help="the LoRA adapter folder to evaluate")
     p.add_argument("--champion", metavar="URI", default=None,
-                   help="models:/NAME@champion or an adapter folder (default: eval.champion)")
+                   help="auto (the registered model's champion), none, models:/NAME@ALIAS|/VERSION or an adapter "
+                        "folder (default: eval.champion)")
     p.add_argument("--splits", metavar="DIR", help="prepared splits (default: prepare data.source into OUT/splits)")
     p.add_argument("--out", required=True, metavar="DIR", help="where results.json and the gate reports go")
     p.set_defaults(handler=cmd_eval)
