@@ -182,8 +182,12 @@ class EvalConfig:
     thresholds: dict[str, float] = field(default_factory=dict)
     # The challenger must beat the base model by at least this much on exact match.
     min_improvement: float = 0.0
-    champion: str = ""  # models:/NAME@champion or an adapter folder to compare against; empty = none
-    # The challenger may be worse than the champion by at most this much (on the CI's lower bound).
+    # The model the challenger must not be worse than (eval/champion.py): `auto` = the registered
+    # model's `champion` alias, resolved when each run starts; `none` = no comparison, on purpose;
+    # or models:/NAME@ALIAS, models:/NAME/VERSION, an adapter folder.
+    champion: str = "auto"
+    # The challenger may be worse than the champion by at most this much (on the lower bound of the
+    # two-sided `confidence` interval: a one-sided test at 1 - (1 - confidence) / 2).
     max_regression: float = 0.0
     compare_metrics: list[str] = field(default_factory=lambda: ["exact_match"])
     bootstrap_resamples: int = 2000

@@ -6,14 +6,19 @@ Rules, in order:
 3. `improvement.METRIC` (for each of `compare_metrics`): the challenger beats the base model
    by at least `min_improvement`, judged on the lower bound of a paired bootstrap
    confidence interval of per-example differences (challenger - base);
-4. `no_regression.METRIC` (only when a champion was evaluated): the challenger is not worse
-   than the champion by more than `max_regression`, again on the lower bound of the paired
-   interval (challenger - champion). With no champion yet, floors and the base comparison
-   decide alone.
+4. `no_regression.METRIC`: the challenger is not worse than the champion (the model that
+   serves, eval/champion.py) by more than `max_regression`, again on the lower bound of the
+   paired interval (challenger - champion). Only when the registry answered that there is no
+   champion yet (or `eval.champion=none`) do floors and the base comparison decide alone; a
+   champion that could not be looked up, fetched, verified or evaluated fails this rule.
 
+The interval is a two-sided percentile bootstrap interval at `confidence` (95 % by default);
+deciding on its lower bound alone is a one-sided test at 1 - (1 - confidence) / 2 (97.5 %).
 Deciding on the interval, not on the point estimate, means that a difference that could be
-noise on this many examples never passes a margin by luck. Every rule adds a reason, passed
-or not, so the report says why in both cases.
+noise on this many examples never passes a margin by luck. Each comparison also states its
+power: the smallest difference this many examples can detect (80 % power at the test's level)
+and, when a margin is smaller than that, how many examples would resolve it. Every rule adds
+a reason, passed or not, so the report says why in both cases.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from statistics import NormalDist
 
 import numpy as np
 
@@ -29,16 +35,45 @@ from modelchain.core.config import EvalConfig
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean of the per-example differences and its bootstrap confidence interval."""
+    """Mean of the per-example differences and its two-sided bootstrap confidence interval."""
 
     mean: float
     low: float
     high: float
     confidence: float
     n: int
+    sd: float = math.nan  # standard deviation of the per-example differences (for the power figures)
+
+    @property
+    def one_sided(self) -> float:
+        """The level of the one-sided test that deciding on the lower bound alone amounts to."""
+        return 1.0 - (1.0 - self.confidence) / 2.0
 
     def __str__(self) -> str:
-        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}] ({self.confidence:.0%} CI, n={self.n})"
+        return (f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}] "
+                f"({self.confidence:.0%} two-sided CI, n={self.n})")
+
+
+POWER = 0.8  # the power at which the detectable difference is stated
+
+
+def detectable_difference(sd: float, n: int, confidence: float, power: float = POWER) -> float:
+    """The smallest true difference a one-sided test on the interval's lower bound detects with `power`.
+
+    Normal approximation of the paired mean: (z of the one-sided level + z of the power) * sd / sqrt(n).
+    """
+    if n <= 0 or not math.isfinite(sd):
+        return math.nan
+    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0) + NormalDist().inv_cdf(power)
+    return z * sd / math.sqrt(n)
+
+
+def examples_needed(sd: float, margin: float, confidence: float, power: float = POWER) -> int:
+    """How many paired examples make `margin` detectable (inverse of detectable_difference)."""
+    if margin <= 0 or not math.isfinite(sd) or sd <= 0:
+        return 0
+    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0) + NormalDist().inv_cdf(power)
+    return math.ceil((z * sd / margin) ** 2)
 
 
 def paired_bootstrap(
@@ -60,7 +95,8 @@ def paired_bootstrap(
     means = diffs[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
-    return Interval(float(diffs.mean()), float(low), float(high), confidence, n)
+    sd = float(diffs.std(ddof=1)) if n > 1 else math.nan
+    return Interval(float(diffs.mean()), float(low), float(high), confidence, n, sd)
 
 
 # The eval group's schema: the one place its defaults are written.
@@ -99,6 +135,9 @@ class Check:
     passed: bool
     detail: str
     interval: Interval | None = None
+    margin: float | None = None  # the difference the rule asks about (min_improvement, -max_regression)
+    detectable: float | None = None  # the smallest difference this many examples can detect (POWER)
+    examples_needed: int | None = None  # set when the margin is below `detectable`
 
 
 @dataclass
@@ -118,13 +157,16 @@ def decide(
     scores: Mapping[str, Mapping[str, Sequence[float]]],
     policy: GatePolicy,
     summary: Mapping[str, Mapping[str, float]] | None = None,
+    champion: Mapping | None = None,
 ) -> GateDecision:
     """Apply `policy` to per-example scores.
 
     ``scores[side][metric]`` is a list of per-example scores for side "challenger", "base"
     and, when a champion was evaluated, "champion"; index i is the same example everywhere.
     ``summary[side][metric]`` holds metrics with no per-example list (perplexity, judge
-    means); floors on those compare the value itself.
+    means); floors on those compare the value itself. ``champion`` is how evaluate resolved
+    `eval.champion` (eval/champion.py Champion.to_dict()); without it, a "champion" side in
+    ``scores`` is compared and its absence means no champion.
     """
     challenger = scores["challenger"]
     summary = summary or {}
@@ -154,12 +196,38 @@ def decide(
                 resamples=policy.bootstrap_resamples, confidence=policy.confidence, seed=policy.seed,
             )
             ok = ci.low >= margin
-            checks.append(Check(f"{rule}.{metric}", ok, f"challenger - {other} = {ci}; {what} {margin:+.3f}", ci))
+            detectable = detectable_difference(ci.sd, ci.n, ci.confidence)
+            # The margin is measured from zero difference: a margin nearer zero than the detectable
+            # difference cannot be told apart from no difference at this sample size.
+            too_fine = math.isfinite(detectable) and 0 < abs(margin) < detectable
+            needed = examples_needed(ci.sd, abs(margin), ci.confidence) if too_fine else None
+            detail = (f"challenger - {other} = {ci}; {what} {margin:+.3f} (one-sided test at {ci.one_sided:.1%}); "
+                      f"detectable at n={ci.n}: {_fmt(detectable)}")
+            if too_fine:
+                detail += (f"; the margin {abs(margin):.3f} is below what {ci.n} examples can resolve: "
+                           f"about {needed} would")
+            checks.append(Check(f"{rule}.{metric}", ok, detail, ci, margin, detectable, needed))
 
     if "base" in scores:
         compare("improvement", "base", policy.min_improvement, "lower bound must be >=")
-    if "champion" in scores:
+    status = (champion or {}).get("status")
+    if status in ("absent", "skipped"):
+        checks.append(Check("no_regression", True, f"{champion['reason']}: floors and the base comparison decide"))
+    elif status == "failed":
+        checks.append(Check("no_regression", False, f"fails closed: {champion['reason']}"))
+    elif "champion" in scores:
         compare("no_regression", "champion", -policy.max_regression, "lower bound must be >=")
+        if champion and champion.get("version"):
+            for check in checks:
+                if check.rule.startswith("no_regression."):
+                    check.detail = f"champion version {champion['version']}: {check.detail}"
+    elif status == "resolved":
+        checks.append(Check("no_regression", False, f"fails closed: {champion['uri']} was resolved but not evaluated"))
     else:
-        checks.append(Check("no_regression", True, "no champion yet: floors and the base comparison decide"))
+        checks.append(Check("no_regression", True, "no champion evaluated: floors and the base comparison decide"))
     return GateDecision(all(c.passed for c in checks), checks)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else "n/a"
+

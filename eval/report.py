@@ -40,6 +40,17 @@ def _tables(decision: GateDecision, results: Mapping, policy: GatePolicy) -> lis
     tables = [("Metrics", header, rows)]
     tables.append(("Rules", ["rule", "result", "detail"],
                    [[c.rule, "PASS" if c.passed else "FAIL", c.detail] for c in decision.checks]))
+    compared = [c for c in decision.checks if c.interval is not None]
+    if compared:
+        ci = compared[0].interval
+        tables.append((
+            f"Comparisons and their power ({ci.confidence:.0%} two-sided paired bootstrap intervals; the rule reads "
+            f"the lower bound, a one-sided test at {ci.one_sided:.1%}; detectable = smallest true difference found "
+            f"with 80% power at this n)",
+            ["rule", "observed difference", "interval", "margin", "detectable at n", "examples for the margin"],
+            [[c.rule, f"{c.interval.mean:+.3f}", f"[{c.interval.low:+.3f}, {c.interval.high:+.3f}]",
+              f"{c.margin:+.3f}" if c.margin is not None else "", f"{_num(c.detectable)} (n={c.interval.n})",
+              str(c.examples_needed) if c.examples_needed else "enough"] for c in compared]))
 
     rag = results.get("rag")
     if rag:
@@ -67,7 +78,13 @@ def _verdict(decision: GateDecision) -> str:
 
 
 def _subtitle(results: Mapping) -> str:
-    champion = results.get("champion_uri") or "none yet (floors and the base comparison decide)"
+    resolution = results.get("champion_resolution")
+    if resolution and resolution.get("status") == "resolved":
+        champion = f"{resolution['uri']} (version {resolution['version']})" if resolution.get("version") else resolution["uri"]
+    elif resolution:
+        champion = f"{resolution['status']}: {resolution['reason']}"
+    else:
+        champion = results.get("champion_uri") or "none (floors and the base comparison decide)"
     return (f"{results.get('n_examples', 0)} examples from the {results.get('split', 'val')} split; "
             f"perplexity on the {results.get('perplexity_split', 'val')} split; champion: {champion}")
 

@@ -154,7 +154,7 @@ def cmd_run(args) -> int:
     finally:
         print(f"full log: {log_path}", file=sys.stderr)
     print(f"{args.pipeline} finished; task outputs under {root}")
-    print(_summary(args.pipeline, cfg))
+    print(_summary(args.pipeline, cfg, root))
     return 0
 
 
@@ -232,16 +232,16 @@ def cmd_demo(args) -> int:
         cfg = _compose(pipeline, [*demo_corpus, *args.overrides])
         log_path = log_path_for(pipeline, cfg)
         print(f"== {pipeline}: running with kfp.local (cluster={cfg.cluster.name}; full log: {log_path})", flush=True)
-        run_local(pipeline, cfg, log_path=log_path, verbose=args.verbose)
-        results.append(_summary(pipeline, cfg))
+        root = run_local(pipeline, cfg, log_path=log_path, verbose=args.verbose)
+        results.append(_summary(pipeline, cfg, root))
     print("\n".join(["", "== demo finished", *results]))
     return 0
 
 
-def _summary(pipeline: str, cfg) -> str:
+def _summary(pipeline: str, cfg, outputs=None) -> str:
     from modelchain.pipelines.summary import describe
 
-    return describe(pipeline, cfg)
+    return describe(pipeline, cfg, outputs)
 
 
 # --------------------------------------------------------------------------- registry verbs
@@ -441,7 +441,8 @@ def _add_eval_verb(verbs) -> None:
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the finetune config, e.g. eval=default")
     p.add_argument("--adapter", required=True, metavar="DIR", help="the LoRA adapter folder to evaluate")
     p.add_argument("--champion", metavar="URI", default=None,
-                   help="models:/NAME@champion or an adapter folder (default: eval.champion)")
+                   help="auto (the registered model's champion), none, models:/NAME@ALIAS|/VERSION or an adapter "
+                        "folder (default: eval.champion)")
     p.add_argument("--splits", metavar="DIR", help="prepared splits (default: prepare data.source into OUT/splits)")
     p.add_argument("--out", required=True, metavar="DIR", help="where results.json and the gate reports go")
     p.set_defaults(handler=cmd_eval)

@@ -28,13 +28,14 @@ def evaluate_and_gate(
     """
     from modelchain.components.evaluate.logic import run as evaluate
     from modelchain.components.gate.logic import decide_results
+    from modelchain.core.config import registered_model_name
     from modelchain.eval.gate import GatePolicy
     from modelchain.eval.report import render_html, render_markdown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = evaluate(cfg.model, cfg.eval, cfg.cluster, cfg.rag, splits_dir, adapter_dir, out / "results.json",
-                       champion=champion)
+                       champion=champion, registered_model=registered_model_name(cfg))
     policy = GatePolicy.from_config(cfg.eval)
     decision = decide_results(results, policy)
     atomic_write_text(out / "gate_report.md", render_markdown(decision, results, policy))

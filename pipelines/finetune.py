@@ -11,7 +11,7 @@ from modelchain.components.finetune.component import finetune
 from modelchain.components.gate.component import gate
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.register.component import register
-from modelchain.core.config import component_image, group_json, parameter_values
+from modelchain.core.config import component_image, group_json, parameter_values, registered_model_name
 from modelchain.pipelines.build import git_commit, place, run_parameters
 
 
@@ -59,6 +59,7 @@ def build(cfg: DictConfig):
                 splits=prep.outputs["splits"],
                 adapter=tune.outputs["adapter"],
                 champion=params["champion"],
+                registered_model=registered_model_name(cfg),
             ),
             cluster,
         )

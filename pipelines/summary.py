@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 
-def describe(pipeline: str, cfg: DictConfig) -> str:
-    return _finetune(cfg) if pipeline == "finetune" else _rag_ingest(cfg)
+def describe(pipeline: str, cfg: DictConfig, outputs: str | Path | None = None) -> str:
+    """`outputs`: the kfp.local pipeline root, read when the registry cannot be."""
+    return _finetune(cfg, outputs) if pipeline == "finetune" else _rag_ingest(cfg)
 
 
-def _finetune(cfg: DictConfig) -> str:
+def _finetune(cfg: DictConfig, outputs: str | Path | None = None) -> str:
     from modelchain.core import registry
     from modelchain.core.config import registered_model_name
 
     tracking_uri = cfg.cluster.mlflow.tracking_uri
-    client = registry.client(tracking_uri)
+    try:
+        client = registry.client(tracking_uri)
+    except registry.RegistryError as exc:
+        return _from_gate_report(exc, outputs)
     name = registered_model_name(cfg)
     lines = [f"finetune: MLflow at {tracking_uri}"]
     runs = client.search_runs(
@@ -40,6 +46,21 @@ def _finetune(cfg: DictConfig) -> str:
     else:
         lines.extend(_canary(client, name))
     lines.append(f"  look: mlflow ui --backend-store-uri {tracking_uri} --port 5000  (then http://127.0.0.1:5000)")
+    return "\n".join(lines)
+
+
+def _from_gate_report(error: Exception, outputs: str | Path | None) -> str:
+    """The registry cannot be read: the last gate's decision from its own report artifact."""
+    lines = [f"finetune: {error}"]
+    reports = sorted(Path(outputs).glob("finetune-*/gate/report"), key=lambda p: p.stat().st_mtime) if outputs else []
+    if not reports:
+        return "\n".join([*lines, "  no gate report under the task outputs: the run stopped before the gate"])
+    text = reports[-1].read_text().splitlines()
+    verdict = "passed" if text and text[0].startswith("# Gate PASSED") else "refused"
+    lines.append(f"  last gate: {verdict} (report {reports[-1]})")
+    if "## Reasons" in text:
+        lines += [f"    {line[2:]}" for line in text[text.index("## Reasons") + 1:] if line.startswith("- ")]
+    lines.append("  registered: nothing can be read or written while the registry is unreachable")
     return "\n".join(lines)
 
 

@@ -11,11 +11,16 @@ def evaluate(
     splits: Input[Dataset],
     adapter: Input[Model],
     champion: str,
+    registered_model: str,
     results: Output[Dataset],
     metrics: Output[Metrics],
     report: Output[Markdown],
 ):
-    """Score the base model, the adapter and the champion (if any) on the held-out split."""
+    """Score the base model, the adapter and the champion on the held-out split.
+
+    `champion` is a run-time parameter: under `auto` the champion alias of `registered_model`
+    is looked up when the step runs, so a recurring run compares with what serves that day.
+    """
     from pathlib import Path
 
     from modelchain.components.evaluate.logic import run
@@ -30,6 +35,7 @@ def evaluate(
         splits.path,
         adapter.path,
         results.path,
+        registered_model=registered_model,
     )
     for side in summary["sides"]:
         for metric, value in summary[side].items():

@@ -12,21 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelchain.core.io import atomic_write_json, read_jsonl
+from modelchain.eval import champion as champions
 from modelchain.eval.metrics import ANSWER_METRICS
-
-
-def resolve_champion(champion: str, tracking_uri: str | None = None, dest: str | Path | None = None) -> Path | None:
-    """`models:/NAME@champion` (or `models:/NAME/VERSION`) or a local adapter folder -> a folder; "" -> None."""
-    if not champion:
-        return None
-    if champion.startswith("models:/"):
-        from modelchain.core.registry import resolve_adapter
-
-        return resolve_adapter(champion, dest, tracking_uri=tracking_uri)
-    path = Path(champion)
-    if not (path / "adapter_config.json").is_file():
-        raise ValueError(f"eval.champion: {champion} is neither a models:/ URI nor an adapter folder")
-    return path
 
 
 def _split(splits_dir: Path, name: str) -> list[dict]:
@@ -43,11 +30,15 @@ def run(
     adapter_dir: str | Path,
     results_path: str | Path,
     champion: str | None = None,
+    registered_model: str = "",
 ) -> dict:
     """Writes per-example results to `results_path` (JSON) and returns them.
 
     `model`, `ev` (eval), `cluster` and `rag` are the typed config groups; `champion`, when
-    given, replaces `ev.champion`.
+    given, replaces `ev.champion`; `registered_model` is the model whose `champion` alias
+    `eval.champion=auto` compares with (eval/champion.py). How the champion was resolved is
+    recorded as `champion_resolution`; a champion that could not be compared leaves it `failed`
+    and the gate refuses.
     """
     from modelchain.core.models import base_model_from_settings
     from modelchain.eval.generation import generate
@@ -63,20 +54,32 @@ def run(
     references = [row["messages"][-1]["content"] for row in rows]
     base_dir = base_model_from_settings(model)
     adapters = {"base": None, "challenger": Path(adapter_dir)}
-    champion_dir = resolve_champion(champion, cluster.mlflow.tracking_uri)
-    if champion_dir is not None:
-        adapters["champion"] = champion_dir
+    resolution = champions.resolve(champion, registered_model, cluster.mlflow.tracking_uri)
+    print(f"champion: {resolution.reason}")
+    if resolution.status == champions.RESOLVED:
+        adapters["champion"] = Path(resolution.path)
 
     answers, scores, means = {}, {}, {}
-    for side, adapter in adapters.items():
-        answers[side] = generate(
-            base_dir, prompts, adapter_dir=adapter, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size
-        )
-        scored = score_examples(answers[side], references)
-        scores[side] = {m: scored[m] for m in ANSWER_METRICS}
-        means[side] = {m: _mean(scored[m]) for m in ANSWER_METRICS}
-        if val_rows:
-            means[side]["perplexity"] = perplexity(answer_nll(base_dir, [r["messages"] for r in val_rows], adapter))
+    for side, adapter in list(adapters.items()):
+        try:
+            answers[side] = generate(
+                base_dir, prompts, adapter_dir=adapter, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size
+            )
+            scored = score_examples(answers[side], references)
+            scores[side] = {m: scored[m] for m in ANSWER_METRICS}
+            means[side] = {m: _mean(scored[m]) for m in ANSWER_METRICS}
+            if val_rows:
+                nll = answer_nll(base_dir, [r["messages"] for r in val_rows], adapter)
+                means[side]["perplexity"] = perplexity(nll)
+        except Exception as exc:
+            if side != "champion":
+                raise
+            # The champion could not be evaluated: the gate must not pass for want of a comparison.
+            resolution = resolution.failed(f"champion {resolution.uri} could not be evaluated: {exc}")
+            print(f"champion: {resolution.reason}")
+            del adapters["champion"]
+            for partial in (answers, scores, means):
+                partial.pop(side, None)
 
     if ev.harness_tasks:
         from modelchain.eval.harness import run_for_sides
@@ -90,7 +93,8 @@ def run(
         "n_examples": len(rows),
         "split": split,
         "perplexity_split": "val",
-        "champion_uri": champion or "",
+        "champion_uri": resolution.uri,
+        "champion_resolution": resolution.to_dict(),
         "sides": list(adapters),
         "scores": scores,
         **means,

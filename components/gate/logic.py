@@ -53,10 +53,18 @@ def run(
     atomic_write_text(report_path, render_markdown(decision, results, policy))
     if html_path:
         atomic_write_text(html_path, render_html(decision, results, policy))
-    run_id = _record(
-        groups, decision, results, Path(report_path), Path(splits_dir), Path(adapter_dir), kfp_run_id, git_commit,
-        Path(html_path) if html_path else None,
-    )
+    try:
+        run_id = _record(
+            groups, decision, results, Path(report_path), Path(splits_dir), Path(adapter_dir), kfp_run_id, git_commit,
+            Path(html_path) if html_path else None,
+        )
+    except registry.RegistryError as exc:
+        if decision.passed:
+            raise  # a passing adapter is registered from this run: without it nothing can go on
+        # A refusal stands without its MLflow record (the registry may be what made it fail
+        # closed); the report artifact says why.
+        print(f"gate: refused, and the MLflow record could not be written: {exc}")
+        run_id = ""
     return decision, run_id
 
 
@@ -71,7 +79,7 @@ def decide_results(results: dict, policy: GatePolicy) -> GateDecision:
     summary = {side: dict(results[side]) for side in sides}
     for side, means in (results.get("rag") or {}).get("means", {}).items():
         summary.setdefault(side, {}).update({f"rag_{m}": v for m, v in means.items()})
-    return decide(scores, policy, summary)
+    return decide(scores, policy, summary, results.get("champion_resolution"))
 
 
 def decision_metrics(decision: GateDecision) -> dict[str, float]:
@@ -83,6 +91,10 @@ def decision_metrics(decision: GateDecision) -> dict[str, float]:
             out[f"gate.{check.rule}.mean"] = check.interval.mean
             out[f"gate.{check.rule}.ci_low"] = check.interval.low
             out[f"gate.{check.rule}.ci_high"] = check.interval.high
+        if check.detectable is not None:
+            out[f"gate.{check.rule}.detectable"] = check.detectable
+        if check.examples_needed:
+            out[f"gate.{check.rule}.examples_needed"] = float(check.examples_needed)
     return out
 
 
@@ -177,9 +189,13 @@ def _record(groups, decision, results, report_path, splits_dir, adapter_dir, kfp
     metrics |= {k: v for k, v in decision_metrics(decision).items() if _finite(v)}
     metrics["eval.n_examples"] = results["n_examples"]
     metrics |= {f"train.{k}": v for k, v in train_metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    champion = results.get("champion_resolution") or {}
     tags = lineage_tags(groups, card, kfp_run_id, git_commit, training_job(groups["cluster"], adapter_dir)) | {
         "gate.decision": "passed" if decision.passed else "refused",
         "gate.reasons": " | ".join(decision.reasons)[:5000],
+        "gate.champion": champion.get("uri", ""),
+        "gate.champion_version": champion.get("version", ""),
+        "gate.champion_status": champion.get("status", ""),
         "modelchain.pipeline": "finetune",
     }
     run_id = registry.log_run(

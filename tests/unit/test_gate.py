@@ -86,9 +86,49 @@ def test_a_point_estimate_inside_the_noise_does_not_pass_a_margin():
 
 def test_no_champion_yet_means_floors_and_base_only():
     rng = np.random.default_rng(2)
-    decision = decide(scores(base=answers(rng, 100, 0.1), challenger=answers(rng, 100, 0.9)), POLICY)
+    absent = {"status": "absent", "reason": "no champion yet: model 'm' has no alias 'champion'"}
+    decision = decide(scores(base=answers(rng, 100, 0.1), challenger=answers(rng, 100, 0.9)), POLICY, champion=absent)
     assert decision.passed
-    assert "PASS no_regression: no champion yet: floors and the base comparison decide" in decision.reasons
+    assert ("PASS no_regression: no champion yet: model 'm' has no alias 'champion': floors and the base "
+            "comparison decide") in decision.reasons
+
+
+def test_a_champion_that_could_not_be_compared_fails_closed():
+    rng = np.random.default_rng(2)
+    failed = {"status": "failed", "reason": "the champion of 'm' could not be looked up: unreachable", "uri": ""}
+    decision = decide(scores(base=answers(rng, 100, 0.1), challenger=answers(rng, 100, 0.9)), POLICY, champion=failed)
+    assert not decision.passed
+    assert "FAIL no_regression: fails closed: the champion of 'm' could not be looked up: unreachable" in decision.reasons
+    # Resolved but missing from the scores is no pass either.
+    resolved = {"status": "resolved", "reason": "", "uri": "models:/m/1", "version": "1"}
+    decision = decide(scores(base=answers(rng, 100, 0.1), challenger=answers(rng, 100, 0.9)), POLICY, champion=resolved)
+    assert not decision.passed and "FAIL no_regression: fails closed: models:/m/1 was resolved" in decision.reasons[-1]
+
+
+def test_the_comparison_names_the_champion_version_and_its_power():
+    rng = np.random.default_rng(5)
+    resolved = {"status": "resolved", "reason": "", "uri": "models:/m/3", "version": "3"}
+    sides = scores(base=answers(rng, 40, 0.1), champion=answers(rng, 40, 0.8), challenger=answers(rng, 40, 0.8))
+    decision = decide(sides, POLICY, champion=resolved)
+    check = next(c for c in decision.checks if c.rule == "no_regression.exact_match")
+    assert check.detail.startswith("champion version 3: challenger - champion = ")
+    assert "(95% two-sided CI, n=40)" in check.detail and "one-sided test at 97.5%" in check.detail
+    # Normal approximation: (z_0.975 + z_0.8) * sd / sqrt(n).
+    assert check.detectable == pytest.approx((1.959964 + 0.841621) * check.interval.sd / math.sqrt(40), rel=1e-5)
+    # 0.02 is far below what 40 examples resolve; the suggested n resolves it.
+    assert check.examples_needed == math.ceil(((1.959964 + 0.841621) * check.interval.sd / 0.02) ** 2)
+    assert f"about {check.examples_needed} would" in check.detail
+    from modelchain.eval.gate import detectable_difference
+
+    assert detectable_difference(check.interval.sd, check.examples_needed, 0.95) <= 0.02
+
+
+def test_a_margin_the_test_set_can_resolve_asks_for_no_more_examples():
+    rng = np.random.default_rng(6)
+    policy = GatePolicy(thresholds={}, min_improvement=0.0, max_regression=0.5, min_examples=1)
+    sides = scores(base=answers(rng, 400, 0.2), champion=answers(rng, 400, 0.6), challenger=answers(rng, 400, 0.6))
+    check = next(c for c in decide(sides, policy).checks if c.rule == "no_regression.exact_match")
+    assert check.examples_needed is None and "can resolve" not in check.detail
 
 
 def test_below_floor_is_refused_with_reason():
@@ -139,6 +179,8 @@ def test_report_says_why_with_intervals_and_worst_examples():
     decision = decide(sc, POLICY)
     text = render_markdown(decision, results, POLICY)
     assert text.startswith("# Gate REFUSED")
+    assert "## Comparisons and their power (95% two-sided paired bootstrap intervals" in text
+    assert "a one-sided test at 97.5%" in text
     assert "FAIL no_regression.exact_match" in text
     assert "| exact_match | 0.000 | 1.000 | 0.900 | -0.100 [" in text
     assert "Worst 10 examples: challenger beside champion" in text and "| q0 | billing | billing | shipping |" in text
@@ -147,14 +189,16 @@ def test_report_says_why_with_intervals_and_worst_examples():
     assert page.startswith("<!doctype html>") and "Gate REFUSED" in page and "<td>shipping</td>" in page
 
 
-def test_champion_is_a_registry_uri_or_an_adapter_folder(tmp_path):
-    from modelchain.components.evaluate.logic import resolve_champion
+def test_champion_setting_none_or_an_adapter_folder_needs_no_registry(tmp_path):
+    from modelchain.eval.champion import ChampionError, resolve
 
-    assert resolve_champion("") is None
+    unreachable = "http://127.0.0.1:9"  # nothing answers there; neither setting may ask it
+    assert resolve("none", "m", unreachable).status == "skipped"
     (tmp_path / "adapter_config.json").write_text("{}")
-    assert resolve_champion(str(tmp_path)) == tmp_path
-    with pytest.raises(ValueError, match="neither a models:/ URI nor an adapter folder"):
-        resolve_champion(str(tmp_path / "nope"))
+    folder = resolve(str(tmp_path), "m", unreachable)
+    assert folder.status == "resolved" and folder.path == str(tmp_path)
+    with pytest.raises(ChampionError, match="neither auto, none, a models:/ URI nor an adapter folder"):
+        resolve(str(tmp_path / "nope"), "m", unreachable)
 
 
 def test_decision_metrics_carry_the_intervals():
@@ -164,6 +208,8 @@ def test_decision_metrics_carry_the_intervals():
     decision = decide(scores(base=answers(rng, 60, 0.2), champion=answers(rng, 60, 0.7), challenger=answers(rng, 60, 0.7)), POLICY)
     metrics = decision_metrics(decision)
     assert metrics["gate.passed"] == float(decision.passed)
+    assert metrics["gate.no_regression.exact_match.detectable"] > 0.02
+    assert metrics["gate.no_regression.exact_match.examples_needed"] > 60
     low, high = metrics["gate.no_regression.exact_match.ci_low"], metrics["gate.no_regression.exact_match.ci_high"]
     assert low <= metrics["gate.no_regression.exact_match.mean"] <= high
 
