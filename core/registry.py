@@ -242,18 +242,20 @@ def register_adapter(
         raise RegistryError(str(exc)) from exc
     tags = {**tags, GATE_TAG: GATE_PASSED, "lineage.adapter_sha256": artifacts.manifest_digest(manifest)}
     source = f"{run.info.artifact_uri.rstrip('/')}/{ADAPTER_PATH}"
-    with _locked(mlflow_client, model_name, f"register run {run_id}"):
+    with _locked(mlflow_client, model_name, f"register run {run_id}") as lease:
         _ensure_registered_model(mlflow_client, model_name)
         before = aliases(mlflow_client.get_registered_model(model_name))
         existing = mlflow_client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
         if existing:
             version = str(min(int(v.version) for v in existing))
         else:
+            lease.check()
             version = str(mlflow_client.create_model_version(model_name, source=source, run_id=run_id, tags=tags).version)
         # Racing registrations finish in any order: challenger only ever moves to a newer version.
         if before.get(CHALLENGER) is None or int(before[CHALLENGER]) < int(version):
+            lease.check()
             mlflow_client.set_registered_model_alias(model_name, CHALLENGER, version)
-        _append_history(mlflow_client, model_name, "register", version, before)
+        _append_history(mlflow_client, model_name, "register", version, before, fence=lease.check)
     return version
 
 

@@ -364,8 +364,11 @@ def check_out_dir(out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     if not os.path.lexists(out_dir):
         return
-    if not out_dir.is_dir() or out_dir.is_symlink():
-        raise DataError(f"{out_dir}: the output must be a folder data prep may replace; this is not a folder")
+    if out_dir.is_symlink():
+        raise DataError(f"{out_dir}: a symbolic link; give the folder it points to (the output path is replaced "
+                        f"as a whole)")
+    if not out_dir.is_dir():
+        raise DataError(f"{out_dir}: not a folder; the output of data prep is a folder")
     entries = sorted(p.name for p in out_dir.iterdir())
     if not entries:
         return

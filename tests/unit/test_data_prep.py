@@ -292,8 +292,14 @@ def test_out_refuses_a_folder_that_is_not_an_earlier_output(tmp_path):
     (tmp_path / "cardless" / "train.jsonl").write_text("")
     with pytest.raises(DataError, match=r"\(has no data_card.json\)"):
         prepare(str(source), tmp_path / "cardless")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(DataError, match=r"a-file: not a folder; the output of data prep is a folder$"):
+        prepare(str(source), tmp_path / "a-file")
+    (tmp_path / "link").symlink_to(tmp_path / "out")
+    with pytest.raises(DataError, match=r"link: a symbolic link; give the folder it points to"):
+        prepare(str(source), tmp_path / "link")
     (tmp_path / "out" / "keep.txt").unlink()
-    assert {k: v for k, v in _tree(tmp_path).items() if not k.startswith(("out", "cardless"))} == before
+    assert {k: v for k, v in _tree(tmp_path).items() if not k.startswith(("out", "cardless", "a-file", "link"))} == before
 
 
 def test_out_replaces_an_earlier_output_and_fills_an_empty_folder(tmp_path):

@@ -64,14 +64,14 @@ def test_the_heartbeat_keeps_a_holder_longer_than_its_lease(sqlite_uri):
     holder_client, other_client = registry.client(sqlite_uri), registry.client(sqlite_uri)
     released, acquired = [], []
 
-    with registry_lock(holder_client, "m", purpose="long work", lease_s=1) as lease:
+    with registry_lock(holder_client, "m", purpose="long work", lease_s=2) as lease:
         def contender():
-            with registry_lock(other_client, "m", purpose="waits", lease_s=1, timeout_s=30):
+            with registry_lock(other_client, "m", purpose="waits", lease_s=2, timeout_s=30):
                 acquired.append(time.monotonic())
 
         thread = threading.Thread(target=contender)
         thread.start()
-        time.sleep(3.5)
+        time.sleep(5.5)  # well past the 3 s a contender waits on a silent ticket
         lease.check()  # still ours
         released.append(time.monotonic())
     thread.join(30)
