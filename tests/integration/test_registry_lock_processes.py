@@ -82,7 +82,7 @@ def test_a_holder_paused_past_its_lease_writes_nothing_after_it_resumes(mlflow_c
     # The contender outwaited more than one lease of the stopped holder's unchanged heartbeat.
     assert waited > 1.5 * LEASE_S, waited
     after = _result(holder)
-    print("the resumed holder:", after)
+    print(f"contender waited {waited:.1f}s; the resumed holder: {after}")
     assert after["error"] == "RegistryLockLost" and after["lock_lost"], after
     assert after["message"].startswith("registry lock of 'paused' lost: ticket ")
     assert after["message"].endswith("; nothing written")
