@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from modelchain.core import artifacts
-from modelchain.core.registry_lock import LockLost, LockTimeout, registry_lock
+from modelchain.core.registry_lock import Lease, LockLost, LockTimeout, registry_lock
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -48,6 +48,10 @@ PROBE_TIMEOUT_S = 5.0
 
 class RegistryError(RuntimeError):
     """A registry request that cannot be carried out; the message is one line."""
+
+
+class RegistryLockLost(RegistryError, LockLost):
+    """The registry lock was lost before a write (see registry_lock.Lease.check); nothing was written."""
 
 
 # --------------------------------------------------------------------------- connecting
@@ -238,18 +242,20 @@ def register_adapter(
         raise RegistryError(str(exc)) from exc
     tags = {**tags, GATE_TAG: GATE_PASSED, "lineage.adapter_sha256": artifacts.manifest_digest(manifest)}
     source = f"{run.info.artifact_uri.rstrip('/')}/{ADAPTER_PATH}"
-    with _locked(mlflow_client, model_name, f"register run {run_id}"):
+    with _locked(mlflow_client, model_name, f"register run {run_id}") as lease:
         _ensure_registered_model(mlflow_client, model_name)
         before = aliases(mlflow_client.get_registered_model(model_name))
         existing = mlflow_client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
         if existing:
             version = str(min(int(v.version) for v in existing))
         else:
+            lease.check()
             version = str(mlflow_client.create_model_version(model_name, source=source, run_id=run_id, tags=tags).version)
         # Racing registrations finish in any order: challenger only ever moves to a newer version.
         if before.get(CHALLENGER) is None or int(before[CHALLENGER]) < int(version):
+            lease.check()
             mlflow_client.set_registered_model_alias(model_name, CHALLENGER, version)
-        _append_history(mlflow_client, model_name, "register", version, before)
+        _append_history(mlflow_client, model_name, "register", version, before, fence=lease.check)
     return version
 
 
@@ -271,7 +277,7 @@ def alias_history(model) -> list[dict[str, Any]]:
         return []
 
 
-def _append_history(mlflow_client, name: str, op: str, version: str, before: dict[str, str]) -> None:
+def _append_history(mlflow_client, name: str, op: str, version: str, before: dict[str, str], fence=None) -> None:
     """Record one alias move (before and after) on the model; called under the lock, last.
 
     MLflow keeps no history of aliases; this tag answers "what served before, and since
@@ -289,16 +295,23 @@ def _append_history(mlflow_client, name: str, op: str, version: str, before: dic
     while len(text) > HISTORY_MAX_CHARS and len(events) > 1:
         events = events[1:]
         text = json.dumps(events, separators=(",", ":"), sort_keys=True)
+    if fence is not None:
+        fence()
     mlflow_client.set_registered_model_tag(name, HISTORY_TAG, text)
 
 
 @contextlib.contextmanager
-def _locked(mlflow_client, name: str, purpose: str) -> Iterator[str]:
-    """registry_lock, with its failures as RegistryError (one line for the CLI)."""
+def _locked(mlflow_client, name: str, purpose: str) -> Iterator[Lease]:
+    """registry_lock, with its failures as RegistryError (one line for the CLI).
+
+    Call the lease's `check()` right before each registry write in the block (the fencing check).
+    """
     try:
-        with registry_lock(mlflow_client, name, purpose=purpose) as ticket:
-            yield ticket
-    except (LockTimeout, LockLost) as exc:
+        with registry_lock(mlflow_client, name, purpose=purpose) as lease:
+            yield lease
+    except LockLost as exc:
+        raise RegistryLockLost(str(exc)) from exc
+    except LockTimeout as exc:
         raise RegistryError(str(exc)) from exc
 
 
@@ -312,16 +325,18 @@ def promote(mlflow_client, name: str, version: str | int) -> dict[str, Any]:
     version = str(version)
     target = get_version(mlflow_client, ModelRef(name, version=version))
     _require_gate_passed(target)  # checked before the lock too: bad input touches nothing
-    with _locked(mlflow_client, name, f"promote {version}"):
+    with _locked(mlflow_client, name, f"promote {version}") as lease:
         _require_gate_passed(get_version(mlflow_client, ModelRef(name, version=version)))
         before = aliases(get_registered_model(mlflow_client, name))
         current = before.get(CHAMPION)
         if current == version:
             return {"model": name, "champion": version, "previous": None, "changed": False}
         if current is not None:
+            lease.check()
             mlflow_client.set_registered_model_alias(name, PREVIOUS, current)
+        lease.check()
         mlflow_client.set_registered_model_alias(name, CHAMPION, version)
-        _append_history(mlflow_client, name, "promote", version, before)
+        _append_history(mlflow_client, name, "promote", version, before, fence=lease.check)
     return {"model": name, "champion": version, "previous": current, "changed": True}
 
 
@@ -333,7 +348,7 @@ def rollback(mlflow_client, name: str) -> dict[str, Any]:
     champion on a version that passed the gate, and a retry completes the rest.
     """
     get_registered_model(mlflow_client, name)
-    with _locked(mlflow_client, name, "rollback"):
+    with _locked(mlflow_client, name, "rollback") as lease:
         model = get_registered_model(mlflow_client, name)
         champion, previous = aliases(model).get(CHAMPION), aliases(model).get(PREVIOUS)
         if previous is None:
@@ -344,12 +359,15 @@ def rollback(mlflow_client, name: str) -> dict[str, Any]:
         if previous != champion:
             _require_gate_passed(get_version(mlflow_client, ModelRef(name, version=previous)))
             record = f"{champion}->{previous}"
+            lease.check()
             mlflow_client.set_registered_model_tag(name, ROLLBACK_TAG, record)
+            lease.check()
             mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
         else:  # an earlier rollback stopped after moving champion: only `previous` is left to drop
             record = model.tags.get(ROLLBACK_TAG, f"?->{previous}")
+        lease.check()
         mlflow_client.delete_registered_model_alias(name, PREVIOUS)
-        _append_history(mlflow_client, name, "rollback", previous, aliases(model))
+        _append_history(mlflow_client, name, "rollback", previous, aliases(model), fence=lease.check)
     return {"model": name, "champion": previous, "rolled_back_from": record.split("->")[0], "changed": True}
 
 

@@ -37,7 +37,11 @@ from modelchain.core.io import atomic_dir, atomic_write_json, atomic_write_text,
 
 SPLITS = ("train", "val", "test")
 QUARANTINE_IN_CARD = 20
-__all__ = ["DataError", "FieldMap", "PrepResult", "DedupOptions", "PiiOptions", "TokenOptions", "prepare",
+CARD_JSON = "data_card.json"
+# Everything a run writes; a folder holding anything else is not ours to replace.
+OUTPUT_NAMES = frozenset({*(f"{s}.jsonl" for s in SPLITS), "quarantine.jsonl", CARD_JSON, "data_card.md",
+                          "token_lengths.png"})
+__all__ = ["DataError", "FieldMap", "PrepResult", "DedupOptions", "PiiOptions", "TokenOptions", "check_out_dir", "prepare",
            "row_to_messages", "split_of"]
 
 
@@ -294,6 +298,7 @@ def prepare(
         except ValueError as exc:
             raise DataError(f"data.pii.kinds: {exc}") from exc
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     sources = expand(source_uri) if source_uri.strip() else []
     traces = None
     if feedback is not None and feedback.uri:
@@ -348,6 +353,31 @@ def prepare(
     stats = {"worker_peak_pss_mb": {pid: kb / 1024 for pid, kb in run.worker_pss_kb.items() if pid != os.getpid()},
              "main_peak_pss_mb": max(run.main_pss.peak_kb, pss_kb()) / 1024}
     return PrepResult(out_dir, card, {name: out_dir / f"{name}.jsonl" for name in SPLITS}, stats)
+
+
+def check_out_dir(out_dir: str | Path) -> None:
+    """Refuse an `out_dir` that prepare() must not replace: a file, or a non-empty folder that
+    is not an earlier data-prep output (a data card and only files data prep writes).
+
+    prepare() replaces `out_dir` as a whole, so `--out ~/work` would otherwise delete the folder.
+    """
+    out_dir = Path(out_dir)
+    if not os.path.lexists(out_dir):
+        return
+    if out_dir.is_symlink():
+        raise DataError(f"{out_dir}: a symbolic link; give the folder it points to (the output path is replaced "
+                        f"as a whole)")
+    if not out_dir.is_dir():
+        raise DataError(f"{out_dir}: not a folder; the output of data prep is a folder")
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return
+    foreign = [name for name in entries if name not in OUTPUT_NAMES]
+    if CARD_JSON not in entries or foreign:
+        held = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        why = f"holds {held}" if foreign else f"has no {CARD_JSON}"
+        raise DataError(f"{out_dir}: not an earlier data-prep output ({why}); refusing to replace it; "
+                        "choose a new or empty folder")
 
 
 def _all_batches(sources, source_format: str, traces) -> Iterator[tuple[Batch, bool]]:

@@ -170,16 +170,20 @@ def check_history(client, name: str, changes: int) -> list[dict]:
     return events
 
 
-def race_worker(tracking_uri: str, name: str, role: str, arg: str, ready: str, go: str, adapter: str) -> None:
+def race_worker(tracking_uri: str, name: str, role: str, arg: str, ready: str, go: str, adapter: str,
+                max_delay_s: str = "0") -> None:
     """One racing process (see the integration tests): waits for `go`, acts, prints JSON results.
 
     role "register": register the comma-separated runs in `arg`; "promote": six promotions of
-    versions drawn (seed `arg`) from the live list; "rollback": four rollbacks.
+    versions drawn (seed `arg`) from the live list; "rollback": four rollbacks. With
+    `max_delay_s` > 0 every registry call returns after a random delay up to it (SlowClient).
     """
     import random
     import time
 
     client = registry.client(tracking_uri)
+    if float(max_delay_s) > 0:
+        client = SlowClient(client, float(max_delay_s), seed=f"{role}:{arg}")
     Path(ready).touch()
     while not Path(go).exists():
         time.sleep(0.02)
@@ -197,4 +201,42 @@ def race_worker(tracking_uri: str, name: str, role: str, arg: str, ready: str, g
                 out["changes"] += registry.rollback(client, name)["changed"]
         except registry.RegistryError as exc:
             out["refusals"].append(str(exc))
+    print(json.dumps(out))
+
+
+def paused_promote_worker(tracking_uri: str, name: str, version: str, lease_s: str, paused: str, go: str) -> None:
+    """A promotion that stops inside the lock (see test_registry_lock_processes), prints what became of it.
+
+    With a lease of `lease_s`, it promotes `version`; right after reading the aliases it will
+    move (the last read before its writes) it touches `paused` and waits for `go`: the test
+    SIGSTOPs it there. Prints {"result": ...} or {"error": type, "message": ..., "lock_lost": bool}.
+    """
+    import functools
+    import sys
+    import time
+
+    from modelchain.core import registry_lock
+
+    registry.registry_lock = functools.partial(registry_lock.registry_lock, lease_s=float(lease_s))
+
+    class PausingClient:
+        def __init__(self, client):
+            self._client = client
+
+        def __getattr__(self, attr):
+            return getattr(self._client, attr)
+
+        def get_registered_model(self, model_name):
+            model = self._client.get_registered_model(model_name)
+            if sys._getframe(2).f_code.co_name == "promote":  # promote's own read of the aliases
+                Path(paused).touch()
+                while not Path(go).exists():
+                    time.sleep(0.05)
+            return model
+
+    try:
+        out = {"result": registry.promote(PausingClient(registry.client(tracking_uri)), name, version)}
+    except Exception as exc:
+        out = {"error": type(exc).__name__, "message": str(exc),
+               "lock_lost": isinstance(exc, registry_lock.LockLost)}
     print(json.dumps(out))

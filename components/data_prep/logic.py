@@ -12,13 +12,23 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from modelchain.data.prepare import DataError, DedupOptions, FieldMap, PiiOptions, PrepResult, TokenOptions, prepare
+from modelchain.data.prepare import (
+    DataError,
+    DedupOptions,
+    FieldMap,
+    PiiOptions,
+    PrepResult,
+    TokenOptions,
+    check_out_dir,
+    prepare,
+)
 
 __all__ = ["DataError", "options_from_config", "prepare_from_config"]
 
 
 def prepare_from_config(data: DictConfig, model: DictConfig, out_dir: str | Path, progress: bool = False) -> PrepResult:
     """Prepare `data.source.uri` (and `data.feedback`) into `out_dir` as the `data` group says."""
+    check_out_dir(out_dir)  # before the tokenizer is resolved: a refused folder costs nothing
     return prepare(data.source.uri, out_dir, **options_from_config(data, model), progress=progress)
 
 

@@ -267,3 +267,64 @@ def test_a_batch_of_lines_gives_back_any_rows_in_order():
             picked = rows[codes[rows] == code]
             assert block.take(picked) == b"".join(lines[i] for i in picked.tolist())
 
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_out_refuses_a_folder_that_is_not_an_earlier_output(tmp_path):
+    source = write_rows(tmp_path / "d.jsonl", good_rows(30))
+    home = tmp_path / "home"
+    (home / "src").mkdir(parents=True)
+    (home / "notes.md").write_text("mine")
+    (home / "src" / "main.py").write_text("print()")
+    before = _tree(tmp_path)
+    with pytest.raises(DataError, match=rf"^{home}: not an earlier data-prep output \(holds notes.md, src\); "
+                                        r"refusing to replace it; choose a new or empty folder$"):
+        prepare(str(source), home)
+    # An earlier output with a file of the user's added is not replaced either, nor a folder without a card.
+    prepare(str(source), tmp_path / "out")
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"\(holds keep.txt\)"):
+        prepare(str(source), tmp_path / "out")
+    (tmp_path / "cardless").mkdir()
+    (tmp_path / "cardless" / "train.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"\(has no data_card.json\)"):
+        prepare(str(source), tmp_path / "cardless")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(DataError, match=r"a-file: not a folder; the output of data prep is a folder$"):
+        prepare(str(source), tmp_path / "a-file")
+    (tmp_path / "link").symlink_to(tmp_path / "out")
+    with pytest.raises(DataError, match=r"link: a symbolic link; give the folder it points to"):
+        prepare(str(source), tmp_path / "link")
+    (tmp_path / "out" / "keep.txt").unlink()
+    assert {k: v for k, v in _tree(tmp_path).items() if not k.startswith(("out", "cardless", "a-file", "link"))} == before
+
+
+def test_out_replaces_an_earlier_output_and_fills_an_empty_folder(tmp_path):
+    source = write_rows(tmp_path / "d.jsonl", good_rows(30))
+    (tmp_path / "out").mkdir()
+    prepare(str(source), tmp_path / "out", seed=1)
+    first = (tmp_path / "out" / "test.jsonl").read_bytes()
+    prepare(str(source), tmp_path / "out", seed=2)
+    assert (tmp_path / "out" / "test.jsonl").read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "out"]
+
+
+def test_cli_data_prep_refuses_to_replace_a_work_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    source = write_rows(tmp_path / "d.jsonl", good_rows(30))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "thesis.tex").write_text("years of it")
+    before = _tree(tmp_path)
+    cmd = [sys.executable, "-m", "modelchain.pipelines.cli", "data", "prep", f"data.source.uri={source}",
+           "data.tokens.max_tokens=0", "--out", str(work)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert f"{work}: not an earlier data-prep output (holds thesis.tex)" in out.stderr
+    assert _tree(tmp_path) == before
