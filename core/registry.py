@@ -359,6 +359,18 @@ def rollback(mlflow_client, name: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- loading
+def adapter_digests(mlflow_client, name: str, versions: list[str]) -> dict[str, str]:
+    """version -> its `lineage.adapter_sha256`, for the serving side's last check before loading."""
+    digests = {}
+    for version in versions:
+        mv = get_version(mlflow_client, ModelRef(name, version=str(version)))
+        digest = mv.tags.get(DIGEST_TAG, "")
+        if not digest:
+            raise RegistryError(f"models:/{name}/{version} has no {DIGEST_TAG} tag: it cannot be verified, so it is not loaded")
+        digests[str(version)] = digest
+    return digests
+
+
 def adapter_cache_dir() -> Path:
     return Path(os.environ.get("MODELCHAIN_HOME", ".modelchain")).resolve() / "adapters"
 
