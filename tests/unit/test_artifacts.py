@@ -2,7 +2,7 @@
 
 import pytest
 
-from modelchain.core import artifacts
+from modelchain.core import artifacts, s3
 from modelchain.core.artifacts import ArtifactError, ChecksumError
 
 from ..registry_support import make_adapter
@@ -124,3 +124,52 @@ def test_transfer_config_defaults_and_environment(monkeypatch):
     config = artifacts.transfer_config()
     assert config.multipart_threshold == 8 * artifacts.MIB
     assert config.multipart_chunksize == 5 * artifacts.MIB
+
+
+@pytest.mark.parametrize(
+    "prefix,key,rel",
+    [
+        ("adapter/", "adapter/adapter_config.json", "adapter_config.json"),
+        ("adapter/", "adapter/sub/w.bin", "sub/w.bin"),
+        ("adapter/", "adapter/sub/", "sub/"),  # a folder marker: callers skip it
+        ("adapter/", "adapter/", ""),
+        ("chats/part-", "chats/part-0.jsonl", "part-0.jsonl"),  # a glob's prefix: relative to its folder
+        ("", "docs/a.md", "docs/a.md"),  # a whole bucket
+        ("adapter/", "adapter/..data", "..data"),  # dots inside a name are fine
+    ],
+)
+def test_relative_key_keeps_what_stays_inside(prefix, key, rel):
+    assert s3.relative_key("b", prefix, key) == rel
+
+
+@pytest.mark.parametrize(
+    "prefix,key,why",
+    [
+        ("adapter/", "adapter//tmp/x", "it is absolute"),
+        ("adapter/", "adapter/../x", "it holds '..'"),
+        ("adapter/", "adapter/sub/../../x", "it holds '..'"),
+        ("adapter/", "adapter/sub//x", "it has an empty part ('//')"),
+        ("adapter/", "adapter/./x", "it holds '.'"),
+        ("adapter/", "adapter/..", "it holds '..'"),
+        ("adapter/", "adapter/x\x00y", "it holds a NUL byte"),
+        ("chats/part-", "chats/part-//x", "it has an empty part ('//')"),
+        ("", "/etc/passwd", "it is absolute"),
+    ],
+)
+def test_relative_key_refuses_what_leaves_its_folder_naming_the_key(prefix, key, why):
+    with pytest.raises(s3.UnsafeKeyError) as err:
+        s3.relative_key("b", prefix, key)
+    assert str(err.value).startswith(f"s3://b/{key}: refused, the key would leave its folder ")
+    assert str(err.value).endswith(f"({why})")
+
+
+def test_relative_key_refuses_a_key_outside_the_listed_prefix():
+    with pytest.raises(s3.UnsafeKeyError, match=r"^s3://b/other/x: refused, the listing of 'adapter/' returned a key outside it$"):
+        s3.relative_key("b", "adapter/", "other/x")
+
+
+def test_local_path_stays_inside_dest(tmp_path):
+    assert artifacts.local_path(tmp_path, "sub/x.bin") == tmp_path.resolve() / "sub" / "x.bin"
+    (tmp_path / "link").symlink_to("/tmp")
+    with pytest.raises(ArtifactError, match="refused, it would be written outside"):
+        artifacts.local_path(tmp_path, "link/x.bin")
