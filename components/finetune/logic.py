@@ -25,5 +25,7 @@ def run(model, train, cluster, experiment, splits_dir: str | Path, adapter_dir: 
     chosen = backend or backends.get(cluster.training.backend)
     metrics = chosen.train(model=model, train=train, cluster=cluster, experiment=experiment,
                            splits_dir=splits_dir, adapter_dir=adapter_dir)
+    if not Path(adapter_dir).is_dir():  # backends fail on their own; this guards the manifest's folder
+        raise FileNotFoundError(f"{adapter_dir}: the training backend {chosen.name!r} left no adapter folder")
     write_manifest(adapter_dir)
     return metrics
