@@ -1,6 +1,6 @@
 """A pass-through proxy in front of the real S3 server that renames keys in its listings.
 
-SeaweedFS cannot hold the keys that escape a folder: measured with `weed` 3.x, a PUT of
+SeaweedFS cannot hold the keys that escape a folder: measured with `weed` 4.48, a PUT of
 `adapter/../x` or `adapter/./x` is refused (InvalidRequest), `adapter//tmp/x` is stored as
 `adapter/tmp/x` and `/abs/y` as `abs/y`. AWS S3 stores keys verbatim, so a bucket there can
 hold all of them. To test the downloaders against such a bucket, the objects are stored in
