@@ -35,6 +35,7 @@ HISTORY_TAG = "modelchain.alias_history"  # JSON list of alias moves, see _appen
 HISTORY_MAX_CHARS = 4800  # MLflow's SQL schema stores a registered-model tag value in 5000 characters
 TRACKED_ALIASES = (CHAMPION, PREVIOUS, CHALLENGER)
 ADAPTER_PATH = "adapter"  # where the adapter lives among the run's artifacts
+DIGEST_TAG = "lineage.adapter_sha256"  # the adapter manifest's digest, checked on every download
 
 # A tracking server that does not answer should fail in seconds: MLflow's defaults retry
 # for minutes (7 retries, backoff factor 2, 120 s timeout). Users can still set their own.
@@ -229,6 +230,10 @@ def register_adapter(
     if not (adapter_dir / "adapter_config.json").is_file():
         raise RegistryError(f"{adapter_dir}: not a LoRA adapter (no adapter_config.json)")
     try:
+        manifest = artifacts.checked_manifest(adapter_dir)
+    except artifacts.ArtifactError as exc:
+        raise RegistryError(str(exc)) from exc
+    try:
         run = mlflow_client.get_run(run_id)
     except MlflowException as exc:
         if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
@@ -237,10 +242,10 @@ def register_adapter(
     if run.data.tags.get(GATE_TAG) != GATE_PASSED:
         raise RegistryError(f"MLflow run {run_id} did not pass the gate; refusing to register")
     try:
-        manifest = artifacts.upload_to_run(mlflow_client, run_id, adapter_dir, ADAPTER_PATH, transfer=transfer)
+        artifacts.upload_to_run(mlflow_client, run_id, adapter_dir, ADAPTER_PATH, manifest=manifest, transfer=transfer)
     except artifacts.ArtifactError as exc:
         raise RegistryError(str(exc)) from exc
-    tags = {**tags, GATE_TAG: GATE_PASSED, "lineage.adapter_sha256": artifacts.manifest_digest(manifest)}
+    tags = {**tags, GATE_TAG: GATE_PASSED, DIGEST_TAG: artifacts.manifest_digest(manifest)}
     source = f"{run.info.artifact_uri.rstrip('/')}/{ADAPTER_PATH}"
     with _locked(mlflow_client, model_name, f"register run {run_id}") as lease:
         _ensure_registered_model(mlflow_client, model_name)
@@ -372,6 +377,18 @@ def rollback(mlflow_client, name: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- loading
+def adapter_digests(mlflow_client, name: str, versions: list[str]) -> dict[str, str]:
+    """version -> its `lineage.adapter_sha256`, for the serving side's last check before loading."""
+    digests = {}
+    for version in versions:
+        mv = get_version(mlflow_client, ModelRef(name, version=str(version)))
+        digest = mv.tags.get(DIGEST_TAG, "")
+        if not digest:
+            raise RegistryError(f"models:/{name}/{version} has no {DIGEST_TAG} tag: it cannot be verified, so it is not loaded")
+        digests[str(version)] = digest
+    return digests
+
+
 def adapter_cache_dir() -> Path:
     return Path(os.environ.get("MODELCHAIN_HOME", ".modelchain")).resolve() / "adapters"
 
@@ -383,28 +400,35 @@ def resolve_adapter(
     tracking_uri: Optional[str] = None,
     transfer=None,
 ) -> Path:
-    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> a local adapter directory.
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> a local adapter directory, proven.
 
     The directory is ready for vLLM (`--lora-modules name=DIR`) or peft
-    (`PeftModel.from_pretrained(base, DIR)`). Files are checked against the manifest
-    recorded at registration; `dest` defaults to $MODELCHAIN_HOME/adapters/NAME/VERSION and
-    is reused when it is already there and intact.
+    (`PeftModel.from_pretrained(base, DIR)`). `dest` defaults to
+    $MODELCHAIN_HOME/adapters/NAME/VERSION. Fresh or cached, the folder is checked before it
+    is returned: its manifest's digest must be the version's `lineage.adapter_sha256` and every
+    file must match the manifest (artifacts.verify_adapter). A cached copy that fails is
+    refused, not fetched again behind the user's back: the error names the file and both
+    digests, and removing the folder fetches it anew.
     """
     tracking_uri = tracking_uri or default_tracking_uri()
     mlflow_client = client(tracking_uri)
     mv = get_version(mlflow_client, ModelRef.parse(model_uri))
+    label = f"models:/{mv.name}/{mv.version}"
+    expected = mv.tags.get(DIGEST_TAG, "")
+    if not expected:
+        raise RegistryError(f"{label} has no {DIGEST_TAG} tag: it cannot be verified, so it is not loaded")
     dest = Path(dest) if dest else adapter_cache_dir() / mv.name / str(mv.version)
-    manifest = artifacts.read_manifest(dest) if dest.is_dir() else None
-    if manifest is not None and mv.tags.get("lineage.adapter_sha256") in (None, artifacts.manifest_digest(manifest)):
+    if dest.exists():
         try:
-            artifacts.verify_folder(dest, manifest)
-            return dest
-        except artifacts.ChecksumError:
-            pass  # a damaged copy: fetch it again
-    try:
-        artifacts.download_folder(mv.source, dest, tracking_uri=tracking_uri, transfer=transfer)
-    except artifacts.ArtifactError as exc:
-        raise RegistryError(f"models:/{mv.name}/{mv.version}: {exc}") from exc
+            artifacts.verify_adapter(dest, expected, origin=f"{label} cached at {dest}")
+        except artifacts.ChecksumError as exc:
+            raise RegistryError(f"{exc}; remove {dest} to fetch it again") from exc
+    else:
+        try:
+            artifacts.download_folder(mv.source, dest, expected_digest=expected, tracking_uri=tracking_uri,
+                                      transfer=transfer)
+        except artifacts.ArtifactError as exc:
+            raise RegistryError(f"{label}: {exc}") from exc
     if not (dest / "adapter_config.json").is_file():
-        raise RegistryError(f"models:/{mv.name}/{mv.version} at {mv.source} is not a LoRA adapter (no adapter_config.json)")
+        raise RegistryError(f"{label} at {mv.source} is not a LoRA adapter (no adapter_config.json)")
     return dest

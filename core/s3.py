@@ -69,3 +69,35 @@ def split_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise S3UriError(f"{uri}: no bucket in the S3 URI")
     return bucket, key.strip("/")
+
+
+class UnsafeKeyError(ValueError):
+    """An S3 key that would land outside the folder it is downloaded into; the message names it."""
+
+
+def relative_key(bucket: str, prefix: str, key: str) -> str:
+    """The part of `key` below the folder of the listing `prefix`, refused unless it stays inside.
+
+    Every download of adapters, checkpoints, training data and corpora passes its keys through
+    this rule before a key becomes a local path or a document's name: below the prefix's
+    folder (`prefix` up to its last `/`; the whole key for a prefix without one) a key may not
+    be absolute (`/tmp/x`), hold `.` or `..`, or have empty parts (`a//b`, as in
+    `adapter//tmp/x`, which a plain path join turns into `/tmp/x`). One trailing `/` marks a
+    folder (what S3 consoles create): returned as is, and callers skip it; so is "", the
+    prefix's own folder marker. Raises UnsafeKeyError naming the key.
+    """
+    folder = prefix[: prefix.rfind("/") + 1]
+    if not key.startswith(prefix):
+        raise UnsafeKeyError(f"s3://{bucket}/{key}: refused, the listing of {prefix!r} returned a key outside it")
+    rel = key[len(folder):]
+    body = rel[:-1] if rel.endswith("/") else rel
+    if not body:
+        return rel
+    parts = body.split("/")
+    if "\x00" in body or any(part in ("", ".", "..") for part in parts):
+        why = ("it is absolute" if body.startswith("/") else
+               "it holds '..'" if ".." in parts else "it holds '.'" if "." in parts else
+               "it holds a NUL byte" if "\x00" in body else "it has an empty part ('//')")
+        where = f"s3://{bucket}/{folder}" if folder else f"s3://{bucket}"
+        raise UnsafeKeyError(f"s3://{bucket}/{key}: refused, the key would leave its folder {where} ({why})")
+    return rel

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Optional
 
-from modelchain.core.s3 import S3UriError, split_uri
+from modelchain.core.s3 import S3UriError, UnsafeKeyError, relative_key, split_uri
 from modelchain.core.s3 import client as s3_client
 from modelchain.data.formats import AUTO, EXTENSIONS, FAMILIES, TITLES
 
@@ -203,13 +203,16 @@ def _expand_s3(uri: str) -> list[SourceFile]:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 name = item["Key"]
-                if name.endswith("/"):
+                # The same rule as every other download: no key that leaves its folder.
+                if relative_key(bucket, prefix, name).endswith("/"):
                     continue
                 if pattern is not None and not fnmatch.fnmatchcase(name, pattern):
                     continue
                 if pattern is None and not _is_data_name(name):
                     continue
                 found.append(SourceFile(f"s3://{bucket}/{name}", item["Size"]))
+    except UnsafeKeyError as exc:
+        raise DataError(str(exc)) from None
     except Exception as exc:
         raise s3_error(exc, uri) from exc
     if not found and pattern is None and not key.endswith("/") and key:

@@ -10,7 +10,7 @@
     modelchain promote  MODEL VERSION               VERSION becomes champion (old one: previous)
     modelchain rollback MODEL                       champion goes back to previous
     modelchain render   training|infra --out DIR    validated PyTorchJob / Karpenter + FSx manifests
-    modelchain render   serving --adapter-uri S3 --version N --out DIR   vLLM stable/canary + HTTPRoute
+    modelchain render   serving --adapter-uri S3 --version N --adapter-sha256 D --out DIR   vLLM stable/canary + HTTPRoute
     modelchain data prep [overrides] --out DIR      the data step alone: splits, quarantine, data card
     modelchain eval [overrides] --adapter DIR --out DIR  evaluation + gate here; exit 3 when refused
 
@@ -34,7 +34,7 @@ EXAMPLES = """examples:
   modelchain lineage smollm2-135m-instruct-ticket-routing@champion --json
   modelchain promote smollm2-135m-instruct-ticket-routing 3 cluster=eks
   modelchain render training model=llama3_8b train=cluster_8gpu --out k8s/
-  modelchain render serving --adapter-uri s3://modelchain-mlflow/artifacts/1/RUN/artifacts/adapter --version 4 --out k8s/serving/
+  modelchain render serving --adapter-uri s3://modelchain-mlflow/artifacts/1/RUN/artifacts/adapter --version 4 --adapter-sha256 9b2e61c0f4d84a7e3c5b1f0a6d2e8c4b7a9f3e1d5c0b8a6f4e2d1c9b7a5f3e1d --out k8s/serving/
   modelchain data prep data=chat_jsonl data.source.uri=s3://bucket/chats/ --out prepared/
   modelchain eval eval=default --adapter out/adapter --champion models:/NAME@champion --out eval-out/
 """
@@ -350,9 +350,12 @@ def _add_render_verb(verbs) -> None:
     p.add_argument("--adapter-uri", metavar="URI", help="serving: the candidate model version's adapter, its s3:// "
                    "artifact URI (`modelchain lineage MODEL/N` shows it); served by the canary")
     p.add_argument("--version", metavar="N", help="serving: the candidate's model version number")
+    p.add_argument("--adapter-sha256", metavar="DIGEST", help="serving: the candidate's lineage.adapter_sha256 "
+                   "(`modelchain lineage MODEL/N` shows it); the pod refuses an adapter whose manifest differs")
     p.add_argument("--stable-uri", metavar="URI", help="serving: the champion's adapter URI, served by the stable "
                    "track (default: the candidate on both, a first rollout)")
     p.add_argument("--stable-version", metavar="N", help="serving: the champion's model version number")
+    p.add_argument("--stable-sha256", metavar="DIGEST", help="serving: the champion's lineage.adapter_sha256")
     p.add_argument("--canary-weight", type=int, default=0, metavar="PCT",
                    help="serving: the canary's initial share of traffic in percent (default: 0)")
     p.set_defaults(handler=cmd_render)
@@ -366,8 +369,9 @@ def cmd_render(args) -> int:
         overrides.insert(0, "cluster=eks")
     if args.what == "serving" and not any(o.startswith("serve=") for o in overrides):
         overrides.insert(1, "serve=eks")
-    if args.what == "serving" and not (args.adapter_uri and args.version):
-        raise CliError("render serving needs --adapter-uri URI and --version N (the candidate model version)")
+    if args.what == "serving" and not (args.adapter_uri and args.version and args.adapter_sha256):
+        raise CliError("render serving needs --adapter-uri URI, --version N and --adapter-sha256 DIGEST "
+                       "(the candidate model version; `modelchain lineage MODEL/N` shows all three)")
     cfg = _compose("finetune", overrides)
     if cfg.cluster.kind != "eks":
         raise CliError(f"render describes an EKS cluster; cluster.kind is {cfg.cluster.kind!r} (use cluster=eks)")
@@ -382,8 +386,9 @@ def cmd_render(args) -> int:
         elif args.what == "serving":
             from modelchain.serving.manifests import render
 
-            manifests = render(cfg, args.adapter_uri, args.version, stable_uri=args.stable_uri,
-                               stable_version=args.stable_version, canary_weight=args.canary_weight)
+            manifests = render(cfg, args.adapter_uri, args.version, adapter_sha256=args.adapter_sha256,
+                               stable_uri=args.stable_uri, stable_version=args.stable_version,
+                               stable_sha256=args.stable_sha256, canary_weight=args.canary_weight)
         else:
             from modelchain.training.infra import render
 

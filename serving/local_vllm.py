@@ -18,6 +18,7 @@ from typing import Any, Optional
 from modelchain.serving.analysis import PrometheusAnalysis
 from modelchain.serving.backend import Rollout, ServingBackend
 from modelchain.serving.local_stack import LocalStack, StackSpec, missing_tools, zero_adapter
+from modelchain.serving.verify_adapter import verify
 
 # Head sizes vLLM 0.32's CPU attention backend accepts (CPUAttentionBackend.get_supported_head_sizes).
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
@@ -96,20 +97,33 @@ class LocalVllmBackend(ServingBackend):
             self._owns_stack = False
 
     def deploy(self, rollout: Rollout) -> str:
-        """Fetch the champion's and the candidate's adapters from the registry and load them."""
+        """Fetch the champion's and the candidate's adapters from the registry, prove them, load them.
+
+        resolve_adapter checks each folder when it fetches or reuses it; the same check runs
+        again right before vLLM loads it (as the init container does on Kubernetes), so an
+        adapter altered in between is refused, naming the file and both digests.
+        """
         from modelchain.core import registry
 
         adapters = Path(self.cluster.workdir).resolve() / "adapters" / rollout.model
         tracking_uri = self.cluster.mlflow.tracking_uri
-        candidate = registry.resolve_adapter(f"models:/{rollout.model}/{rollout.candidate}", adapters / rollout.candidate,
-                                             tracking_uri=tracking_uri)
+        proven = {}
+        versions = [rollout.candidate]
         if rollout.champion is not None and rollout.champion != rollout.candidate:
-            stable = registry.resolve_adapter(f"models:/{rollout.model}/{rollout.champion}", adapters / rollout.champion,
-                                              tracking_uri=tracking_uri)
+            versions.append(rollout.champion)
+        for version in versions:
+            uri = f"models:/{rollout.model}/{version}"
+            proven[version] = registry.resolve_adapter(uri, adapters / version, tracking_uri=tracking_uri)
+        candidate = proven[rollout.candidate]
+        if len(versions) == 2:
+            stable = proven[rollout.champion]
             label = f"version {rollout.champion} (champion)"
         else:
             stable = zero_adapter(candidate, self.stack.spec.workdir / "zero-adapter")
             label = "the base model (no champion yet; an all-zero adapter)"
+        digests = registry.adapter_digests(registry.client(tracking_uri), rollout.model, versions)
+        for version in versions:
+            verify(proven[version], digests[version], origin=f"models:/{rollout.model}/{version} at {proven[version]}")
         print(f"canary: stable serves {label}", flush=True)
         self.deploy_adapters(stable, candidate, label, rollout.candidate)
         return label

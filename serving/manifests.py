@@ -3,7 +3,10 @@
 - Two vLLM Deployments, `<app>-stable` and `<app>-canary`, each running the OpenAI server with
   one LoRA adapter under the same public name (`serve.adapter_name`), so a client cannot tell
   which one answered. An init container syncs the model version's adapter from the registry's
-  artifact store (its S3 URI) into an emptyDir that vLLM reads from `/adapters/<name>`.
+  artifact store (its S3 URI) into an emptyDir that vLLM reads from `/adapters/<name>`; a
+  second one, in the components image, then proves the folder against the version's manifest
+  digest (`python -m modelchain.serving.verify_adapter`), so vLLM never starts on a missing,
+  partial or altered adapter.
 - A Service per Deployment, a PodDisruptionBudget per Deployment, and a Gateway API HTTPRoute
   whose weighted backendRefs split traffic between the two Services; the canary controller
   moves those weights (serving/httproute.py).
@@ -27,6 +30,8 @@ APP_LABEL = "app.kubernetes.io/name"
 TRACK_LABEL = "modelchain.io/track"
 VERSION_LABEL = "modelchain.io/adapter-version"
 ADAPTER_URI_ANNOTATION = "modelchain.io/adapter-uri"
+ADAPTER_SHA256_ANNOTATION = "modelchain.io/adapter-sha256"
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 PART_OF = {"app.kubernetes.io/part-of": "modelchain"}
 NODEPOOL_LABEL = "karpenter.sh/nodepool"
 # vLLM refuses any other --max-lora-rank (LoRAConfig's accepted ranks).
@@ -39,10 +44,14 @@ QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 
 @dataclass(frozen=True)
 class Adapter:
-    """One registered model version's adapter: its artifact URI (S3) and version number."""
+    """One registered model version's adapter: its artifact URI (S3), version number and manifest digest.
+
+    `sha256` is the version's `lineage.adapter_sha256` (`modelchain lineage MODEL/N` shows it).
+    """
 
     uri: str
     version: str
+    sha256: str
 
 
 class ServingConfigError(ValueError):
@@ -130,8 +139,8 @@ def check(cfg, canary: Adapter, stable: Adapter, canary_weight: int) -> None:
         _need(model.startswith(mount), "serve.base_model",
               f"{model} is a path the pods cannot read: put it under cluster.fsx.mount_path ({mount}) or name a Hub id")
     store = artifact_store(cfg)
-    for label, version_label, adapter in (("--adapter-uri", "--version", canary),
-                                          ("--stable-uri", "--stable-version", stable)):
+    for label, version_label, digest_label, adapter in (("--adapter-uri", "--version", "--adapter-sha256", canary),
+                                                        ("--stable-uri", "--stable-version", "--stable-sha256", stable)):
         _need(adapter.uri.startswith("s3://") and len(adapter.uri) > len("s3://"), label,
               f"{adapter.uri!r}: the init container syncs from S3; give the model version's s3:// artifact URI")
         if store:
@@ -139,6 +148,9 @@ def check(cfg, canary: Adapter, stable: Adapter, canary_weight: int) -> None:
                   f"{adapter.uri} is outside the registry's artifact store {store} (serve.artifact_store)")
         _need(str(adapter.version).isdigit() and int(adapter.version) >= 1, version_label,
               f"a model version number (1, 2, ...), got {adapter.version!r}")
+        _need(bool(SHA256_HEX.match(adapter.sha256)), digest_label,
+              f"the model version's lineage.adapter_sha256 (64 hex digits; `modelchain lineage MODEL/N` shows it), "
+              f"got {adapter.sha256!r}")
 
 
 # --------------------------------------------------------------------------- pieces
@@ -200,6 +212,28 @@ def _probe(path: str, period_s: int, failures: int, timeout_s: int = 5) -> dict[
             "failureThreshold": failures}
 
 
+def verify_command(adapter_dir: str, sha256: str) -> list[str]:
+    """The check the pod runs after the sync: the folder against the version's manifest digest."""
+    return ["python3", "-m", "modelchain.serving.verify_adapter", adapter_dir, "--sha256", sha256]
+
+
+def verify_container(cfg, adapter: Adapter, adapter_dir: str) -> dict[str, Any]:
+    """The init container that refuses a missing, partial or altered adapter before vLLM starts.
+
+    It runs in the components image (modelchain installed) and only reads the emptyDir; a
+    non-zero exit keeps the pod from starting, with the file and both digests in its log.
+    """
+    from modelchain.core.config import component_image
+
+    return {
+        "name": "verify-adapter",
+        "image": component_image(cfg.cluster),
+        "command": verify_command(adapter_dir, adapter.sha256),
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+        "volumeMounts": [{"name": "adapters", "mountPath": ADAPTER_ROOT, "readOnly": True}],
+    }
+
+
 def deployment(cfg, track: str, adapter: Adapter) -> dict[str, Any]:
     """A vLLM Deployment serving `adapter` for one track (stable or canary)."""
     serve, name = cfg.serve, adapter_name(cfg)
@@ -254,7 +288,7 @@ def deployment(cfg, track: str, adapter: Adapter) -> dict[str, Any]:
         "nodeSelector": selector,
         "tolerations": tolerations,
         "terminationGracePeriodSeconds": 60,  # in-flight completions finish before the pod goes
-        "initContainers": [fetch],
+        "initContainers": [fetch, verify_container(cfg, adapter, adapter_dir)],
         "containers": [vllm],
         "volumes": volumes,
     }
@@ -278,6 +312,7 @@ def deployment(cfg, track: str, adapter: Adapter) -> dict[str, Any]:
                         "prometheus.io/port": str(serve.port),
                         "prometheus.io/path": "/metrics",
                         ADAPTER_URI_ANNOTATION: adapter.uri,
+                        ADAPTER_SHA256_ANNOTATION: adapter.sha256,
                     },
                 },
                 "spec": pod_spec,
@@ -353,19 +388,24 @@ def render(
     adapter_uri: str,
     version: str | int,
     *,
+    adapter_sha256: str,
     stable_uri: Optional[str] = None,
     stable_version: Optional[str | int] = None,
+    stable_sha256: Optional[str] = None,
     canary_weight: int = 0,
 ) -> list[dict[str, Any]]:
     """Every serving manifest, in the order to apply them.
 
-    The canary serves `adapter_uri` (model version `version`); the stable track serves
-    `stable_uri`/`stable_version` (the champion), or the same adapter on a first rollout.
+    The canary serves `adapter_uri` (model version `version`, manifest digest
+    `adapter_sha256`); the stable track serves `stable_uri`/`stable_version`/`stable_sha256`
+    (the champion), or the same adapter on a first rollout.
     """
-    canary = Adapter(str(adapter_uri), str(version))
-    if (stable_uri is None) != (stable_version is None):
-        raise ServingConfigError("--stable-uri, --stable-version: give both (the champion) or neither (a first rollout)")
-    stable = Adapter(str(stable_uri), str(stable_version)) if stable_uri else canary
+    canary = Adapter(str(adapter_uri), str(version), str(adapter_sha256 or ""))
+    stable_given = [stable_uri is not None, stable_version is not None, stable_sha256 is not None]
+    if any(stable_given) and not all(stable_given):
+        raise ServingConfigError("--stable-uri, --stable-version, --stable-sha256: give all three (the champion) "
+                                 "or none (a first rollout)")
+    stable = Adapter(str(stable_uri), str(stable_version), str(stable_sha256)) if stable_uri else canary
     check(cfg, canary, stable, canary_weight)
     adapters = {"stable": stable, "canary": canary}
     manifests = [deployment(cfg, track, adapters[track]) for track in TRACKS]

@@ -29,13 +29,20 @@ def write_safetensors(path: Path, n_values: int, seed: int = 0) -> Path:
     return path
 
 
-def make_adapter(folder: Path, n_values: int = 2048, seed: int = 0) -> Path:
-    """A folder peft and vLLM would recognise: adapter_config.json + adapter_model.safetensors."""
+def make_adapter(folder: Path, n_values: int = 2048, seed: int = 0, *, manifest: bool = True) -> Path:
+    """A folder peft and vLLM would recognise: adapter_config.json + adapter_model.safetensors.
+
+    With its manifest, as the finetune step writes it (registration requires one).
+    """
+    from modelchain.core.artifacts import write_manifest
+
     folder.mkdir(parents=True, exist_ok=True)
     config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
               "base_model_name_or_path": "tiny-llama", "task_type": "CAUSAL_LM"}
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
     write_safetensors(folder / "adapter_model.safetensors", n_values, seed)
+    if manifest:
+        write_manifest(folder)
     return folder
 
 

@@ -127,7 +127,9 @@ def _discover_s3(source_uri: str, include: Sequence[str], exclude: Sequence[str]
         with progress_bar(None, "Discovering", "doc", progress) as bar:
             for page in pages:
                 for obj in page.get("Contents", []):
-                    source = obj["Key"][len(prefix) :]
+                    # A document's name is its key below the prefix: refused (UnsafeKeyError, a
+                    # ValueError naming the key) when it would leave the corpus's folder.
+                    source = s3.relative_key(bucket, prefix, obj["Key"])
                     if source.endswith("/") or not source:
                         continue  # a folder marker
                     if _matches_any(source, include) and not _matches_any(source, exclude):

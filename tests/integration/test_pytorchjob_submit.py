@@ -185,13 +185,20 @@ def run_component(settings, splits, out, server):
                backend=backend)
 
 
-def test_finetune_logic_takes_the_configured_backend_on_eks(eks_settings, monkeypatch):
+def test_finetune_logic_takes_the_configured_backend_on_eks(eks_settings, monkeypatch, tmp_path):
     from modelchain.components.finetune import logic
     from modelchain.training.backends.pytorchjob import PyTorchJobBackend
 
     assert eks_settings["cluster"].training.backend == "pytorchjob"
+    monkeypatch.chdir(tmp_path)  # the step writes the adapter's manifest into "out"
     seen = {}
-    monkeypatch.setattr(PyTorchJobBackend, "train", lambda self, **kw: seen.update(kw) or {"ok": 1})
+
+    def train(self, **kw):
+        seen.update(kw)
+        Path(kw["adapter_dir"]).mkdir()
+        return {"ok": 1}
+
+    monkeypatch.setattr(PyTorchJobBackend, "train", train)
     assert logic.run(eks_settings["model"], eks_settings["train"], eks_settings["cluster"], eks_settings["experiment"],
                      "splits", "out") == {"ok": 1}
     train = seen["train"]

@@ -63,7 +63,9 @@ def test_direct_s3_register_is_multipart_and_resolve_verifies_checksums(server_c
     # Bit rot (or tampering) in the bucket: the download is refused and nothing is left behind.
     s3.put_object(Bucket=bucket, Key=f"{prefix}/adapter_config.json", Body=b'{"r": 64}')
     dest = tmp_path / "serve" / "b"
-    with pytest.raises(RegistryError, match=r"adapter_config.json has 9 bytes, manifest says \d+"):
+    with pytest.raises(RegistryError, match=rf"^models:/{name}/{version}: {mv.source}: adapter_config.json differs from "
+                                            rf"the manifest: expected sha256 {manifest['files']['adapter_config.json']['sha256']} "
+                                            r"\(\d+ bytes\), found sha256 [0-9a-f]{64} \(9 bytes\)$"):
         registry.resolve_adapter(f"models:/{name}/{version}", dest, tracking_uri=mlflow_server.uri)
     assert not dest.exists()
 

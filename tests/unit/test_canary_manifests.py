@@ -18,6 +18,8 @@ from ..crds import crd_dir
 STORE = "s3://modelchain-mlflow/artifacts"
 CANARY_URI = f"{STORE}/1/5f0c2a9e7b3d4e61a8c2d9f0b1e3a745/artifacts/adapter"
 STABLE_URI = f"{STORE}/1/0a4d7c1b9e2f4386b5a1c8d3e7f90b26/artifacts/adapter"
+CANARY_SHA = "c4" * 32  # the versions' lineage.adapter_sha256
+STABLE_SHA = "5b" * 32
 ADAPTER = "smollm2-135m-instruct-ticket-routing"  # the registered model: <model.name>-<data.task>
 EKS = ["cluster=eks", "serve=eks"]
 
@@ -29,7 +31,8 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def rendered(cfg):
-    found = manifests.render(cfg, CANARY_URI, 4, stable_uri=STABLE_URI, stable_version=3, canary_weight=10)
+    found = manifests.render(cfg, CANARY_URI, 4, adapter_sha256=CANARY_SHA, stable_uri=STABLE_URI, stable_version=3,
+                             stable_sha256=STABLE_SHA, canary_weight=10)
     return {manifest_validation.file_name(m): m for m in found}
 
 
@@ -93,6 +96,26 @@ def test_init_container_syncs_the_version_from_the_artifact_store(rendered):
         assert deployment["spec"]["template"]["metadata"]["annotations"]["modelchain.io/adapter-uri"] == uri
 
 
+def test_an_init_container_proves_the_adapter_after_the_sync(rendered):
+    for track, sha in (("stable", STABLE_SHA), ("canary", CANARY_SHA)):
+        deployment = rendered[f"deployment-vllm-{track}.yaml"]
+        spec = deployment["spec"]["template"]["spec"]
+        assert [c["name"] for c in spec["initContainers"]] == ["fetch-adapter", "verify-adapter"]  # in this order
+        verify = container(deployment, "verify-adapter")
+        assert verify["image"] == "ghcr.io/modelchain/modelchain:0.1.0"  # the components image (cluster.image)
+        assert verify["command"] == ["python3", "-m", "modelchain.serving.verify_adapter", f"/adapters/{ADAPTER}",
+                                     "--sha256", sha]
+        assert verify["volumeMounts"] == [{"name": "adapters", "mountPath": "/adapters", "readOnly": True}]
+        assert "env" not in verify  # it reads the synced folder only: no credentials
+        assert deployment["spec"]["template"]["metadata"]["annotations"]["modelchain.io/adapter-sha256"] == sha
+
+
+def test_the_verify_container_is_pinned_like_the_steps():
+    cfg = compose("finetune", EKS + ["cluster.image_digest=sha256:" + "ab" * 32])
+    verify = container(manifests.render(cfg, CANARY_URI, 2, adapter_sha256=CANARY_SHA)[0], "verify-adapter")
+    assert verify["image"] == "ghcr.io/modelchain/modelchain:0.1.0@sha256:" + "ab" * 32
+
+
 def test_gpu_resources_probes_and_metrics(rendered):
     deployment = rendered["deployment-vllm-canary.yaml"]
     vllm = container(deployment)
@@ -148,7 +171,7 @@ def test_route_splits_by_weight_between_the_services(rendered):
 
 
 def test_first_rollout_serves_the_candidate_on_both_tracks_with_all_traffic_on_stable(cfg):
-    found = {manifest_validation.file_name(m): m for m in manifests.render(cfg, CANARY_URI, 1)}
+    found = {manifest_validation.file_name(m): m for m in manifests.render(cfg, CANARY_URI, 1, adapter_sha256=CANARY_SHA)}
     for track in ("stable", "canary"):
         assert container(found[f"deployment-vllm-{track}.yaml"], "fetch-adapter")["command"][4] == CANARY_URI + "/"
     weights = [ref["weight"] for ref in found["httproute-vllm.yaml"]["spec"]["rules"][0]["backendRefs"]]
@@ -157,7 +180,7 @@ def test_first_rollout_serves_the_candidate_on_both_tracks_with_all_traffic_on_s
 
 def test_base_model_on_fsx_is_mounted_read_only():
     cfg = compose("finetune", EKS + ["model=llama3_8b", "train=cluster_8gpu"])
-    deployment = manifests.render(cfg, CANARY_URI, 2)[0]
+    deployment = manifests.render(cfg, CANARY_URI, 2, adapter_sha256=CANARY_SHA)[0]
     spec = deployment["spec"]["template"]["spec"]
     assert arg(container(deployment)["args"], "--model") == "/fsx/models/Meta-Llama-3-8B-Instruct"
     assert {"name": "fsx", "persistentVolumeClaim": {"claimName": "fsx-modelchain", "readOnly": True}} in spec["volumes"]
@@ -170,7 +193,7 @@ def test_named_secrets_and_extra_placement():
         "++serve.node_selector={node.kubernetes.io/instance-type: g6.12xlarge}", "serve.gpus=4",
         "++serve.tolerations=[{key: workload-type, value: inference}]",
     ])
-    found = manifests.render(cfg, CANARY_URI, 2)
+    found = manifests.render(cfg, CANARY_URI, 2, adapter_sha256=CANARY_SHA)
     deployment = found[0]
     spec = deployment["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == "vllm"
@@ -210,12 +233,17 @@ def changed(cfg, values):
         ({}, {"adapter_uri": "s3://other-bucket/adapter"}, "--adapter-uri: s3://other-bucket/adapter is outside the "
                                                            "registry's artifact store s3://modelchain-mlflow/artifacts"),
         ({}, {"version": "latest"}, "--version: a model version number"),
-        ({}, {"stable_uri": STABLE_URI}, "--stable-uri, --stable-version: give both"),
+        ({}, {"stable_uri": STABLE_URI}, "--stable-uri, --stable-version, --stable-sha256: give all three"),
+        ({}, {"stable_uri": STABLE_URI, "stable_version": 3}, "--stable-uri, --stable-version, --stable-sha256: give all"),
+        ({}, {"adapter_sha256": ""}, "--adapter-sha256: the model version's lineage.adapter_sha256 (64 hex digits"),
+        ({}, {"adapter_sha256": "C4" * 32}, "--adapter-sha256: the model version's lineage.adapter_sha256"),
+        ({}, {"stable_uri": STABLE_URI, "stable_version": 3, "stable_sha256": "abc"},
+         "--stable-sha256: the model version's lineage.adapter_sha256"),
         ({}, {"canary_weight": 120}, "--canary-weight: must be 0 to 100"),
     ],
 )
 def test_bad_values_name_their_key(cfg, values, kwargs, key):
-    args = {"adapter_uri": CANARY_URI, "version": 4, **kwargs}
+    args = {"adapter_uri": CANARY_URI, "version": 4, "adapter_sha256": CANARY_SHA, **kwargs}
     with pytest.raises(ServingConfigError) as error:
         manifests.render(changed(cfg, values), args.pop("adapter_uri"), args.pop("version"), **args)
     assert str(error.value).startswith(key)
@@ -223,7 +251,7 @@ def test_bad_values_name_their_key(cfg, values, kwargs, key):
 
 def test_local_cluster_is_refused():
     with pytest.raises(ServingConfigError, match="cluster.kind: serving manifests need cluster=eks"):
-        manifests.render(compose("finetune", []), CANARY_URI, 1)
+        manifests.render(compose("finetune", []), CANARY_URI, 1, adapter_sha256=CANARY_SHA)
 
 
 def test_an_invalid_manifest_names_file_and_field(rendered):
@@ -246,8 +274,9 @@ def modelchain(*args, env=None):
 
 
 def test_render_serving_writes_validated_manifests(tmp_path):
-    out = modelchain("render", "serving", "--adapter-uri", CANARY_URI, "--version", "4",
-                     "--stable-uri", STABLE_URI, "--stable-version", "3", "--canary-weight", "5",
+    out = modelchain("render", "serving", "--adapter-uri", CANARY_URI, "--version", "4", "--adapter-sha256", CANARY_SHA,
+                     "--stable-uri", STABLE_URI, "--stable-version", "3", "--stable-sha256", STABLE_SHA,
+                     "--canary-weight", "5",
                      "--out", str(tmp_path), "--crd-dir", str(crd_dir()))
     assert out.returncode == 0, out.stderr
     names = ["deployment-vllm-stable.yaml", "deployment-vllm-canary.yaml", "service-vllm-stable.yaml",
@@ -262,11 +291,11 @@ def test_render_serving_writes_validated_manifests(tmp_path):
 
 def test_render_serving_refuses_bad_input_and_writes_nothing(tmp_path):
     out = modelchain("render", "serving", "--out", str(tmp_path / "a"))
-    assert out.returncode == 2 and "--adapter-uri URI and --version N" in out.stderr
+    assert out.returncode == 2 and "--adapter-uri URI, --version N and --adapter-sha256 DIGEST" in out.stderr
     out = modelchain("render", "serving", "serve.max_lora_rank=48", "--adapter-uri", CANARY_URI, "--version", "4",
-                     "--out", str(tmp_path / "b"), "--crd-dir", str(crd_dir()))
+                     "--adapter-sha256", CANARY_SHA, "--out", str(tmp_path / "b"), "--crd-dir", str(crd_dir()))
     assert out.returncode == 2 and "serve.max_lora_rank" in out.stderr
     out = modelchain("render", "serving", "serve.request_timeot=5s", "--adapter-uri", CANARY_URI, "--version", "4",
-                     "--out", str(tmp_path / "c"))
+                     "--adapter-sha256", CANARY_SHA, "--out", str(tmp_path / "c"))
     assert out.returncode == 2 and "serve.request_timeot" in out.stderr
     assert not any((tmp_path / d).exists() for d in "abc")

@@ -11,7 +11,7 @@ import pytest
 from modelchain.data.prepare import prepare
 from modelchain.components.gate.logic import run as gate
 from modelchain.components.register.logic import run as register_logic
-from modelchain.core import lineage, registry
+from modelchain.core import artifacts, lineage, registry
 from modelchain.core.config import RUN_PARAMETERS, compose, group_json, load_group
 from modelchain.pipelines.cli import main
 
@@ -61,6 +61,7 @@ def pipeline_outputs(tmp_path, monkeypatch, template_db):
     (adapter / "train_metrics.json").write_text(json.dumps({
         "final_loss": 0.25, "steps": 3, "losses": [1.5, 0.75, 0.25], "settings": {"rank": 4, "alpha": 8, "max_steps": 3, "learning_rate": 0.001},
     }))
+    artifacts.write_manifest(adapter)  # as the finetune step leaves it
     return {"home": home, "cfg": cfg, "splits": tmp_path / "splits", "adapter": adapter,
             "results": eval_results(), "report": tmp_path / "gate.md", "dataset": dataset}
 
@@ -137,6 +138,7 @@ def test_the_training_job_a_backend_recorded_reaches_the_model_version(pipeline_
     job = {"kind": "PyTorchJob", "name": "llama3-8b-instruct-lora-t1", "namespace": "kubeflow-user",
            "uid": "7c1e9a52-3f4b-4d8e-9a6c-2b5d8f0e1a37", "image": "nvcr.io/nvidia/nemo:25.07"}
     (out["adapter"] / "training_job.json").write_text(json.dumps(job))
+    artifacts.write_manifest(out["adapter"])  # the backend writes it before the finetune step's manifest
     register(out, run_gate(out)[1])
     client = registry.client(f"sqlite:///{out['home']}/mlflow.db")
     tags = client.get_model_version(NAME, "1").tags

@@ -181,8 +181,9 @@ def test_resolve_adapter_by_alias_and_version(mlflow_client, sqlite_uri, experim
     assert (path / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
     assert json.loads((path / "adapter_config.json").read_text())["peft_type"] == "LORA"
 
-    # A damaged local copy is fetched again; an intact one is reused as it is.
-    (path / "adapter_model.safetensors").write_bytes(b"broken")
+    # An intact copy is reused as it is (verified); a removed one is fetched again.
+    assert registry.resolve_adapter(f"models:/{NAME}/1", tracking_uri=sqlite_uri) == path
+    __import__("shutil").rmtree(path)
     again = registry.resolve_adapter(f"models:/{NAME}/1", tracking_uri=sqlite_uri)
     assert (again / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
 
@@ -191,15 +192,119 @@ def test_resolve_adapter_by_alias_and_version(mlflow_client, sqlite_uri, experim
 
 
 def test_resolve_adapter_refuses_files_that_differ_from_the_manifest(mlflow_client, sqlite_uri, experiment_id, tmp_path):
-    run_id, _ = register(mlflow_client, experiment_id, make_adapter(tmp_path / "adapter"))
+    adapter = make_adapter(tmp_path / "adapter")
+    run_id, _ = register(mlflow_client, experiment_id, adapter)
+    expected = artifacts.read_manifest(adapter)["files"]["adapter_model.safetensors"]["sha256"]
     stored = tmp_path / "mlartifacts" / run_id / "artifacts" / "adapter" / "adapter_model.safetensors"
     stored.write_bytes(stored.read_bytes()[:-1] + b"\0")  # one byte of bit rot in the store
     dest = tmp_path / "serve" / "adapter"
     with pytest.raises(RegistryError) as err:
         registry.resolve_adapter(f"models:/{NAME}/1", dest, tracking_uri=sqlite_uri)
-    assert "adapter_model.safetensors sha256" in str(err.value) and "does not match the manifest" in str(err.value)
-    assert len(str(err.value).splitlines()) == 1
+    message = str(err.value)
+    assert message.startswith(f"models:/{NAME}/1: ")
+    assert f"adapter_model.safetensors differs from the manifest: expected sha256 {expected}" in message
+    assert f"found sha256 {artifacts.sha256_file(stored)}" in message
+    assert len(message.splitlines()) == 1
     assert not dest.exists() and list(dest.parent.iterdir()) == []
+
+
+def _flip_a_byte(folder):
+    path = folder / "adapter_model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    return "adapter_model.safetensors differs from the manifest"
+
+
+def _truncate(folder):
+    path = folder / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    return "adapter_model.safetensors differs from the manifest"
+
+
+def _delete_a_file(folder):
+    (folder / "adapter_model.safetensors").unlink()
+    return "adapter_model.safetensors is missing: expected sha256"
+
+
+def _delete_the_manifest(folder):
+    (folder / artifacts.MANIFEST).unlink()
+    return f"{artifacts.MANIFEST} is missing: expected manifest digest"
+
+
+def _rewrite_the_manifest(folder):
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 64}')
+    artifacts.write_manifest(folder)  # a manifest that matches altered files is not the registered one
+    return f"{artifacts.MANIFEST} is not the registered one: expected manifest digest"
+
+
+def _add_a_file(folder):
+    (folder / "tokenizer.json").write_text("{}")
+    return "tokenizer.json is not in the manifest"
+
+
+@pytest.mark.parametrize("tamper", [_flip_a_byte, _truncate, _delete_a_file, _delete_the_manifest,
+                                    _rewrite_the_manifest, _add_a_file])
+def test_a_tampered_cached_adapter_is_refused_and_not_fetched_again(
+    mlflow_client, sqlite_uri, experiment_id, tmp_path, monkeypatch, tamper
+):
+    monkeypatch.setenv("MODELCHAIN_HOME", str(tmp_path / "home"))
+    register(mlflow_client, experiment_id, make_adapter(tmp_path / "adapter"))
+    digest = mlflow_client.get_model_version(NAME, "1").tags["lineage.adapter_sha256"]
+    cached = registry.resolve_adapter(f"models:/{NAME}/1", tracking_uri=sqlite_uri)
+    problem = tamper(cached)
+    before = {p.relative_to(cached).as_posix(): p.read_bytes() for p in cached.rglob("*") if p.is_file()}
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a tampered cache must not be replaced behind the user's back")
+
+    monkeypatch.setattr(artifacts, "download_folder", no_download)
+    with pytest.raises(RegistryError) as err:
+        registry.resolve_adapter(f"models:/{NAME}@challenger", tracking_uri=sqlite_uri)
+    message = str(err.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"models:/{NAME}/1 cached at {cached}: ") and problem in message
+    assert message.endswith(f"; remove {cached} to fetch it again")
+    digests = __import__("re").findall(r"\b[0-9a-f]{64}\b", message)
+    if tamper in (_flip_a_byte, _truncate, _rewrite_the_manifest):
+        assert len(set(digests)) == 2  # expected and found
+    if tamper in (_rewrite_the_manifest, _delete_the_manifest):
+        assert digest in message  # the version's lineage.adapter_sha256, the expected one
+    after = {p.relative_to(cached).as_posix(): p.read_bytes() for p in cached.rglob("*") if p.is_file()}
+    assert after == before  # nothing was re-downloaded or repaired silently
+
+
+def test_register_refuses_an_adapter_without_its_manifest(mlflow_client, experiment_id, tmp_path):
+    adapter = make_adapter(tmp_path / "adapter", manifest=False)
+    run_id = gate_run(mlflow_client, experiment_id)
+    before = snapshot(mlflow_client, NAME)
+    with pytest.raises(RegistryError) as err:
+        registry.register_adapter(mlflow_client, run_id, adapter, model_name=NAME, tags={})
+    assert str(err.value) == (
+        f"{adapter}: no {artifacts.MANIFEST}; an adapter is registered only with the manifest the finetune step "
+        "writes (size and sha256 of every file)"
+    )
+    assert snapshot(mlflow_client, NAME) == before
+    assert mlflow_client.list_artifacts(run_id, "adapter") == []
+
+
+def test_register_refuses_an_adapter_that_differs_from_its_manifest(mlflow_client, experiment_id, tmp_path):
+    adapter = make_adapter(tmp_path / "adapter")
+    _truncate(adapter)
+    run_id = gate_run(mlflow_client, experiment_id)
+    before = snapshot(mlflow_client, NAME)
+    with pytest.raises(RegistryError, match=rf"^{adapter}: adapter_model.safetensors differs from the manifest: "
+                                            r"expected sha256 [0-9a-f]{64} \(8280 bytes\), found sha256 [0-9a-f]{64} \(100 bytes\)$"):
+        registry.register_adapter(mlflow_client, run_id, adapter, model_name=NAME, tags={})
+    assert snapshot(mlflow_client, NAME) == before
+    assert mlflow_client.list_artifacts(run_id, "adapter") == []
+
+
+def test_a_version_without_its_digest_is_not_loaded(mlflow_client, sqlite_uri, experiment_id, tmp_path):
+    register(mlflow_client, experiment_id, make_adapter(tmp_path / "adapter"))
+    mlflow_client.delete_model_version_tag(NAME, "1", "lineage.adapter_sha256")
+    with pytest.raises(RegistryError, match=rf"^models:/{NAME}/1 has no lineage.adapter_sha256 tag"):
+        registry.resolve_adapter(f"models:/{NAME}/1", tmp_path / "serve", tracking_uri=sqlite_uri)
+    assert not (tmp_path / "serve").exists()
 
 
 def test_an_unreachable_tracking_server_fails_fast():

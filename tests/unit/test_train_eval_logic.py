@@ -31,6 +31,11 @@ def test_finetune_then_evaluate_with_a_champion(tmp_path, tiny_model, monkeypatc
     adapter = tmp_path / "adapter"
     metrics = finetune(cfg.model, train, cfg.cluster, cfg.experiment, splits, adapter)
     assert metrics["steps"] == 40 and json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
+    # The step leaves the manifest registration requires, covering every file it wrote.
+    from modelchain.core import artifacts
+
+    manifest = artifacts.checked_manifest(adapter)
+    assert {"adapter_config.json", "adapter_model.safetensors", "train_metrics.json"} <= set(manifest["files"])
 
     ev = load_group("eval", group_json(cfg, "eval"), champion=str(adapter))
     results = evaluate(cfg.model, ev, cfg.cluster, cfg.rag, splits, adapter, tmp_path / "results.json")
