@@ -397,6 +397,21 @@ class RetryConfig:
 
 
 @dataclass
+class WorkspaceConfig:
+    """The run's workspace PVC (KFP 2.15+ `dsl.PipelineConfig` workspace), for splits and adapters.
+
+    `size` empty = no workspace: the folders travel as artifacts through the object store.
+    `storage_class` and `access_modes` patch the PVC the KFP installation makes by default;
+    empty = its defaults. Steps run on different nodes: the class must allow ReadWriteMany
+    (EFS, FSx for Lustre) unless every step lands on one node.
+    """
+
+    size: str = ""  # a Kubernetes quantity, e.g. 200Gi
+    storage_class: str = ""
+    access_modes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class MlflowConfig:
     tracking_uri: str = MISSING
     artifact_location: Optional[str] = None  # e.g. s3://bucket/mlflow; None = server default
@@ -530,6 +545,7 @@ class ClusterConfig:
     secret_env: list[SecretEnvConfig] = field(default_factory=list)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     milvus_uri: str = MISSING
     milvus_backend: str = "lite"  # the vector store at milvus_uri: lite | server (core.vectorstore)
@@ -693,6 +709,11 @@ def _validate(cfg: DictConfig) -> None:
     pinned = cluster.image.partition("@")[2]
     need(not (pinned and cluster.image_digest) or pinned == cluster.image_digest, "cluster.image_digest",
          f"{cluster.image_digest} does not match the digest in cluster.image ({pinned})")
+    need(not cluster.workspace.size or bool(QUANTITY.match(cluster.workspace.size)), "cluster.workspace.size",
+         f"not a Kubernetes quantity: {cluster.workspace.size!r} (e.g. 200Gi)")
+    modes = {"ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"}
+    need(set(cluster.workspace.access_modes) <= modes, "cluster.workspace.access_modes",
+         f"each must be one of {sorted(modes)}, got {list(cluster.workspace.access_modes)}")
     need(len(cfg.schedule.cron.split()) in (5, 6), "schedule.cron", f"not a cron expression: {cfg.schedule.cron!r}")
     need(cfg.schedule.max_concurrency >= 1, "schedule.max_concurrency", "must be >= 1")
     if "data" in cfg:  # the data group itself is checked by its owner, modelchain.data.checks
@@ -708,6 +729,7 @@ def _validate(cfg: DictConfig) -> None:
 
 # An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+QUANTITY = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")  # as KFP checks a workspace size
 IMAGE_REFERENCE = re.compile(
     r"^(?:(?:[a-zA-Z0-9-]+\.)*[a-zA-Z0-9-]+(?::[0-9]+)?/)?"  # registry host, optional
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # path

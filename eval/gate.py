@@ -62,8 +62,8 @@ def detectable_difference(sd: float, n: int, confidence: float, power: float = P
 
     Normal approximation of the paired mean: (z of the one-sided level + z of the power) * sd / sqrt(n).
     """
-    if n <= 0 or not math.isfinite(sd):
-        return math.nan
+    if n <= 0 or not math.isfinite(sd) or sd <= 0:
+        return math.nan  # no example differs: the sample says nothing about the spread
     z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0) + NormalDist().inv_cdf(power)
     return z * sd / math.sqrt(n)
 
@@ -202,7 +202,8 @@ def decide(
             too_fine = math.isfinite(detectable) and 0 < abs(margin) < detectable
             needed = examples_needed(ci.sd, abs(margin), ci.confidence) if too_fine else None
             detail = (f"challenger - {other} = {ci}; {what} {margin:+.3f} (one-sided test at {ci.one_sided:.1%}); "
-                      f"detectable at n={ci.n}: {_fmt(detectable)}")
+                      f"detectable at n={ci.n}: "
+                      f"{_fmt(detectable) if ci.sd != 0 else 'n/a (no example differs)'}")
             if too_fine:
                 detail += (f"; the margin {abs(margin):.3f} is below what {ci.n} examples can resolve: "
                            f"about {needed} would")

@@ -59,6 +59,25 @@ CACHED_STEPS = frozenset({"chunk"})
 RETRIED_STEPS = frozenset({"data-prep", "discover", "chunk", "embed", "upsert", "verify", "evaluate", "gate"})
 
 
+def workspace(cluster: DictConfig) -> tuple[dict[str, Any], dict[str, str]]:
+    """With `cluster.workspace.size` set: the `dsl.pipeline` keyword that asks KFP for the run's
+    workspace PVC, and the argument that hands its path to the steps that write large folders
+    (components/workspace.py). Without: nothing, and the folders travel as artifacts."""
+    settings = cluster.workspace
+    if not settings.size:
+        return {}, {}
+    from kfp import dsl
+
+    patch: dict[str, Any] = {}
+    if settings.storage_class:
+        patch["storageClassName"] = settings.storage_class
+    if settings.access_modes:
+        patch["accessModes"] = list(settings.access_modes)
+    config = dsl.PipelineConfig(workspace=dsl.WorkspaceConfig(
+        size=settings.size, kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch=patch)))
+    return {"pipeline_config": config}, {"workspace": dsl.WORKSPACE_PATH_PLACEHOLDER}
+
+
 def place(task, cluster: DictConfig):
     """The step's caching (CACHED_STEPS); on EKS its retries, node pool, tolerations, PVCs,
     secrets as environment variables and resources."""

@@ -12,7 +12,7 @@ from modelchain.components.gate.component import gate
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.register.component import register
 from modelchain.core.config import component_image, group_json, parameter_values, registered_model_name
-from modelchain.pipelines.build import git_commit, place, run_parameters
+from modelchain.pipelines.build import git_commit, place, run_parameters, workspace
 
 
 def build(cfg: DictConfig):
@@ -24,6 +24,7 @@ def build(cfg: DictConfig):
         make_component(fn, image) for fn in (data_prep, finetune, evaluate, gate, register, canary)
     )
     cluster = cfg.cluster
+    pipeline_options, on_workspace = workspace(cluster)
 
     def body(params: dict):
         prep = place(
@@ -33,6 +34,7 @@ def build(cfg: DictConfig):
                 data_uri=params["data_uri"],
                 feedback_since=params["feedback_since"],
                 feedback_until=params["feedback_until"],
+                **on_workspace,
             ),
             cluster,
         ).set_display_name("data-prep")
@@ -47,6 +49,7 @@ def build(cfg: DictConfig):
                 learning_rate=params["learning_rate"],
                 lora_rank=params["lora_rank"],
                 lora_alpha=params["lora_alpha"],
+                **on_workspace,
             ),
             cluster,
         )
@@ -100,6 +103,7 @@ def build(cfg: DictConfig):
         run_parameters("finetune", cfg, body),
         name="finetune",
         description="Data prep, LoRA fine-tune, evaluation gate, MLflow registration and canary rollout of an adapter.",
+        **pipeline_options,
     )
 
 

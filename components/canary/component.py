@@ -13,6 +13,7 @@ def canary(
     rollout_report: Output[Markdown],
 ) -> str:
     """Roll the registered version out as a canary; returns promoted, rolled_back or skipped."""
+    from modelchain.components.workspace import input_folder
     import shutil
     from pathlib import Path
 
@@ -20,7 +21,7 @@ def canary(
     from modelchain.core.config import load_group
 
     result = run(load_group("serve", serve), load_group("model", model), load_group("cluster", cluster),
-                 model_uri, splits.path, rollout.path)
+                 model_uri, input_folder(splits), rollout.path)
     markdown = Path(rollout.path) / "rollout.md"
     if markdown.exists():
         shutil.copy2(markdown, rollout_report.path)

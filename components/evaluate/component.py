@@ -21,6 +21,7 @@ def evaluate(
     `champion` is a run-time parameter: under `auto` the champion alias of `registered_model`
     is looked up when the step runs, so a recurring run compares with what serves that day.
     """
+    from modelchain.components.workspace import input_folder
     from pathlib import Path
 
     from modelchain.components.evaluate.logic import run
@@ -32,8 +33,8 @@ def evaluate(
         load_group("eval", eval, champion=champion),
         load_group("cluster", cluster),
         load_group("rag", rag),
-        splits.path,
-        adapter.path,
+        input_folder(splits),
+        input_folder(adapter),
         results.path,
         registered_model=registered_model,
     )

@@ -15,9 +15,12 @@ def finetune(
     lora_alpha: int,
     adapter: Output[Model],
     metrics: Output[Metrics],
+    workspace: str = "",
 ):
-    """Train a LoRA adapter on the train split; the adapter folder is the output."""
+    """Train a LoRA adapter on the train split; the adapter folder is the output (on the run's
+    workspace when `workspace` names one, components/workspace.py)."""
     from modelchain.components.finetune.logic import run
+    from modelchain.components.workspace import input_folder, output_folder
     from modelchain.core.config import load_group
 
     result = run(
@@ -26,8 +29,8 @@ def finetune(
                    lora_alpha=lora_alpha),
         load_group("cluster", cluster),
         load_group("experiment", experiment),
-        splits.path,
-        adapter.path,
+        input_folder(splits),
+        output_folder(adapter, workspace, "adapter"),
     )
     adapter.metadata["framework"] = "peft"
     for key, value in result.items():

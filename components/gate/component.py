@@ -37,6 +37,7 @@ def gate(
     NamedTuple output inside dsl.If, so the MLflow run id travels as the small `mlflow_run`
     artifact instead.
     """
+    from modelchain.components.workspace import input_folder
     import json
 
     from modelchain.components.gate.logic import decision_metrics, run
@@ -52,8 +53,8 @@ def gate(
         load_group("experiment", experiment),
         json.loads(open(results.path).read()),
         report_path=report.path,
-        splits_dir=splits.path,
-        adapter_dir=adapter.path,
+        splits_dir=input_folder(splits),
+        adapter_dir=input_folder(adapter),
         kfp_run_id=kfp_run_id,
         git_commit=git_commit,
         html_path=report_html.path,

@@ -5,6 +5,7 @@ from kfp.dsl import Artifact, Input, Model
 
 def register(model: str, data: str, cluster: str, experiment: str, mlflow_run: Input[Artifact], adapter: Input[Model]) -> str:
     """Register the adapter as a model version with alias challenger; returns models:/NAME/VERSION."""
+    from modelchain.components.workspace import input_folder
     import json
 
     from modelchain.components.register.logic import run
@@ -13,6 +14,6 @@ def register(model: str, data: str, cluster: str, experiment: str, mlflow_run: I
     with open(mlflow_run.path) as handle:
         mlflow_run_id = json.load(handle)["run_id"]
     uri = run(load_group("model", model), load_group("data", data), load_group("cluster", cluster),
-              load_group("experiment", experiment), mlflow_run_id, adapter.path)
+              load_group("experiment", experiment), mlflow_run_id, input_folder(adapter))
     print(f"registered {uri} (alias challenger)")
     return uri
