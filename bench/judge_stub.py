@@ -65,6 +65,7 @@ class JudgeStub:
                  port: int = 0):
         self.latency_s, self.faults, self.hang_s = latency_s, dict(faults or {}), hang_s
         self.requests = 0
+        self.paths: dict[str, int] = {}  # requests per path, e.g. "/v1/embeddings"
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -113,6 +114,7 @@ class JudgeStub:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with stub._lock:
                     stub.requests += 1
+                    stub.paths[self.path] = stub.paths.get(self.path, 0) + 1
                 if self.path.endswith("/embeddings"):
                     texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
                     data = [{"object": "embedding", "index": i,

@@ -9,7 +9,10 @@ Rules, in order:
 4. `no_regression.METRIC` (only when a champion was evaluated): the challenger is not worse
    than the champion by more than `max_regression`, again on the lower bound of the paired
    interval (challenger - champion). With no champion yet, floors and the base comparison
-   decide alone.
+   decide alone;
+5. `judge_failures` (only when RAG answers were scored): on no side and metric did more
+   than `eval.judge.max_failure_fraction` of the samples fail, since a mean over the
+   survivors says little about the rest.
 
 Deciding on the interval, not on the point estimate, means that a difference that could be
 noise on this many examples never passes a margin by luck. Every rule adds a reason, passed
@@ -24,7 +27,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from modelchain.core.config import EvalConfig
+from modelchain.core.config import EvalConfig, JudgeConfig
+from modelchain.eval.metrics import unmeasured
 
 
 @dataclass(frozen=True)
@@ -82,11 +86,14 @@ class GatePolicy:
     bootstrap_resamples: int = _EVAL.bootstrap_resamples
     confidence: float = _EVAL.confidence
     seed: int = _EVAL.seed
+    max_failure_fraction: float = JudgeConfig().max_failure_fraction  # eval.judge.max_failure_fraction
 
     @classmethod
     def from_config(cls, ev: Mapping, **overrides) -> "GatePolicy":
         """The policy from the `eval` group (typed config or mapping); keyword arguments replace its values."""
-        values = {f.name: ev[f.name] for f in fields(cls)}
+        values = {f.name: ev[f.name] for f in fields(cls) if f.name in ev}
+        if "judge" in ev:
+            values["max_failure_fraction"] = ev["judge"]["max_failure_fraction"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["thresholds"] = {k: float(v) for k, v in dict(values["thresholds"]).items()}
         values["compare_metrics"] = tuple(values["compare_metrics"])
@@ -118,13 +125,15 @@ def decide(
     scores: Mapping[str, Mapping[str, Sequence[float]]],
     policy: GatePolicy,
     summary: Mapping[str, Mapping[str, float]] | None = None,
+    rag: Mapping | None = None,
 ) -> GateDecision:
     """Apply `policy` to per-example scores.
 
     ``scores[side][metric]`` is a list of per-example scores for side "challenger", "base"
     and, when a champion was evaluated, "champion"; index i is the same example everywhere.
     ``summary[side][metric]`` holds metrics with no per-example list (perplexity, judge
-    means); floors on those compare the value itself.
+    means); floors on those compare the value itself. ``rag`` is the RAG scoring summary
+    (eval/rag.py `score_rag_for_sides`: samples and failure counts per side) for rule 5.
     """
     challenger = scores["challenger"]
     summary = summary or {}
@@ -137,7 +146,7 @@ def decide(
         elif metric in summary.get("challenger", {}):
             value = float(summary["challenger"][metric])
         else:
-            checks.append(Check(f"floor.{metric}", False, f"metric {metric!r} was not measured"))
+            checks.append(Check(f"floor.{metric}", False, unmeasured(metric)))
             continue
         if math.isnan(value):
             checks.append(Check(f"floor.{metric}", False, f"metric {metric!r} has no value (every sample failed)"))
@@ -162,4 +171,15 @@ def decide(
         compare("no_regression", "champion", -policy.max_regression, "lower bound must be >=")
     else:
         checks.append(Check("no_regression", True, "no champion yet: floors and the base comparison decide"))
+
+    # Rule 5: judge failures. The worst (side, metric) failure fraction against the allowed one.
+    if rag and rag.get("samples"):
+        samples = int(rag["samples"])
+        worst = max(((count / samples, side, metric) for side, counts in rag.get("failures", {}).items()
+                     for metric, count in counts.items()), default=(0.0, "", ""))
+        fraction, side, metric = worst
+        where = f"worst {side} {metric}: {round(fraction * samples)}/{samples} failed" if fraction else \
+            f"none of {samples} failed"
+        checks.append(Check("judge_failures", fraction <= policy.max_failure_fraction,
+                            f"{where} ({fraction:.0%}), allowed {policy.max_failure_fraction:.0%}"))
     return GateDecision(all(c.passed for c in checks), checks)

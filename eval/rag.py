@@ -3,14 +3,18 @@
 The judge is a seam (``JudgeEndpoint``, registered in ``JUDGES``, picked by ``open_judge``
 from the typed ``eval`` config): with an endpoint (``openai``: any OpenAI-compatible one,
 vLLM, LiteLLM, ...) the LLM-judged metrics faithfulness, answer relevancy, context precision
-and context recall; without one (``offline``: ``eval.judge_base_url`` empty), the offline
-metrics (non-LLM context precision/recall against the reference answer, string similarity,
-ROUGE, BLEU, exact match).
+and context recall (``JUDGED``); without one (``offline``: ``eval.judge.base_url`` empty),
+offline stand-ins under names of their own (``OFFLINE``, all ``offline_*``: non-LLM context
+precision/recall against the reference answer, string similarity, ROUGE, BLEU, exact match),
+so a floor set on a judged metric is never met by a string similarity. Answer relevancy
+embeds with ``eval.judge.embedding`` (the project's embedder, core/embedder.py), never with
+the chat model.
 
 Every (sample, metric) pair is one task; at most `concurrency` run at once (an asyncio
 semaphore), each attempt is bounded by `timeout_s`, and a failed task is retried `retries`
 times. A task that still fails is counted under its metric and reported; its score is left
-out of the mean, never replaced by a number.
+out of the mean, never replaced by a number, and every mean travels with its n (the samples
+it is over).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 JUDGED = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
-OFFLINE = ("context_precision", "context_recall", "string_similarity", "rouge", "bleu", "exact_match")
+# Offline stand-ins: string similarities, never the judged metrics' names (the gate sees them as rag_offline_*).
+OFFLINE = ("offline_context_precision", "offline_context_recall", "offline_string_similarity", "offline_rouge",
+           "offline_bleu", "offline_exact_match")
 
 
 class JudgeEndpoint(ABC):
@@ -50,7 +56,7 @@ class JudgeEndpoint(ABC):
         """The judge of a typed ``eval`` config."""
 
     @abstractmethod
-    def metrics(self, embedding_model: str | None = None) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         """ragas metric objects by name."""
 
     def limits(self) -> dict[str, Any]:
@@ -71,7 +77,7 @@ class OfflineJudge(JudgeEndpoint):
     def from_config(cls, ev: "DictConfig") -> "OfflineJudge":
         return cls()
 
-    def metrics(self, embedding_model: str | None = None) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         from ragas.metrics._bleu_score import BleuScore
         from ragas.metrics._context_precision import NonLLMContextPrecisionWithReference
         from ragas.metrics._context_recall import NonLLMContextRecall
@@ -79,18 +85,22 @@ class OfflineJudge(JudgeEndpoint):
         from ragas.metrics._string import ExactMatch, NonLLMStringSimilarity
 
         return {
-            "context_precision": NonLLMContextPrecisionWithReference(),
-            "context_recall": NonLLMContextRecall(),
-            "string_similarity": NonLLMStringSimilarity(),
-            "rouge": RougeScore(),
-            "bleu": BleuScore(),
-            "exact_match": ExactMatch(),
+            "offline_context_precision": NonLLMContextPrecisionWithReference(),
+            "offline_context_recall": NonLLMContextRecall(),
+            "offline_string_similarity": NonLLMStringSimilarity(),
+            "offline_rouge": RougeScore(),
+            "offline_bleu": BleuScore(),
+            "offline_exact_match": ExactMatch(),
         }
 
 
 @dataclass(frozen=True)
 class OpenAIJudge(JudgeEndpoint):
-    """An OpenAI-compatible judge endpoint (vLLM, LiteLLM, ...) and how hard to push it."""
+    """An OpenAI-compatible judge endpoint (vLLM, LiteLLM, ...) and how hard to push it.
+
+    ``embedding`` is the typed ``eval.judge.embedding`` group answer relevancy embeds with
+    (None: the project's default local embedder); a chat endpoint serves no embeddings.
+    """
 
     base_url: str
     model: str
@@ -98,18 +108,20 @@ class OpenAIJudge(JudgeEndpoint):
     concurrency: int = 8
     timeout_s: float = 60.0
     retries: int = 2
+    embedding: Any = None
     mode = "llm"
 
     @classmethod
     def from_config(cls, ev: "DictConfig") -> "OpenAIJudge":
-        """The endpoint of ``eval.judge_*``; the key from the variable ``eval.judge_api_key_env`` names."""
+        """The endpoint of ``eval.judge``; the key from the variable ``eval.judge.api_key_env`` names."""
+        judge = ev.judge
         return cls(
-            base_url=ev.judge_base_url, model=ev.judge_model,
-            api_key=os.environ.get(ev.judge_api_key_env, "none"),
-            concurrency=ev.judge_concurrency, timeout_s=float(ev.judge_timeout_s), retries=ev.judge_retries,
+            base_url=judge.base_url, model=judge.model, api_key=os.environ.get(judge.api_key_env, "none"),
+            concurrency=judge.concurrency, timeout_s=float(judge.timeout_s), retries=judge.retries,
+            embedding=judge.embedding,
         )
 
-    def metrics(self, embedding_model: str | None = None) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         """Faithfulness, answer relevancy, context precision and recall, judged by the endpoint."""
         from openai import AsyncOpenAI
         from ragas.llms import llm_factory
@@ -118,7 +130,7 @@ class OpenAIJudge(JudgeEndpoint):
         # Retries and timeouts are ours (per task), so the client itself does not retry.
         client = AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0)
         llm = llm_factory(self.model, provider="openai", client=client)
-        embeddings = _JudgeEmbeddings(self, embedding_model or self.model)
+        embeddings = RagasEmbeddings(self.embedding)
         return {
             "faithfulness": Faithfulness(llm=llm),
             "answer_relevancy": ResponseRelevancy(llm=llm, embeddings=embeddings),
@@ -127,14 +139,14 @@ class OpenAIJudge(JudgeEndpoint):
         }
 
 
-# The judges by name. The config names one through eval.judge_base_url: empty = offline
+# The judges by name. The config names one through eval.judge.base_url: empty = offline
 # (no judge), a URL = openai (the endpoint at that URL); see `judge_name`.
 JUDGES: dict[str, type[JudgeEndpoint]] = {"offline": OfflineJudge, "openai": OpenAIJudge}
 
 
 def judge_name(ev: "DictConfig") -> str:
-    """The registered judge a typed ``eval`` config asks for: ``openai`` with a judge_base_url, else ``offline``."""
-    return "openai" if ev.judge_base_url else "offline"
+    """The registered judge a typed ``eval`` config asks for: ``openai`` with a judge.base_url, else ``offline``."""
+    return "openai" if ev.judge.base_url else "offline"
 
 
 def open_judge(ev: "DictConfig") -> JudgeEndpoint:
@@ -151,33 +163,46 @@ class Scores:
     errors: list[str] = field(default_factory=list)
 
     def means(self) -> dict[str, float]:
+        """Mean per metric over the samples that scored (NaN when none did); `counts` gives each n."""
         out = {}
         for name, vals in self.values.items():
             ok = [v for v in vals if not math.isnan(v)]
             out[name] = sum(ok) / len(ok) if ok else math.nan
         return out
 
+    def counts(self) -> dict[str, int]:
+        """Per metric, the n its mean is over: the samples that scored."""
+        return {name: sum(not math.isnan(v) for v in vals) for name, vals in self.values.items()}
 
-class _JudgeEmbeddings:
-    """The judge endpoint's /embeddings in the shape ragas' answer relevancy calls (sync)."""
 
-    def __init__(self, judge: "OpenAIJudge", model: str) -> None:
-        from openai import OpenAI
+class RagasEmbeddings:
+    """The project's embedder (core/embedder.py) in the shape ragas' answer relevancy calls (sync).
 
-        self._client = OpenAI(base_url=judge.base_url, api_key=judge.api_key, timeout=judge.timeout_s, max_retries=judge.retries)
-        self._model = model
+    ``embedding`` is a typed ``eval.judge.embedding`` group, or None for the default local
+    model; the model loads on the first call, so building the metrics stays cheap.
+    """
+
+    def __init__(self, embedding: "DictConfig | None" = None) -> None:
+        self._config = embedding
+        self._embedder = None
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        if self._embedder is None:
+            from modelchain.core.embedder import embedder_from_config, make_embedder
+
+            self._embedder = embedder_from_config(self._config) if self._config is not None else make_embedder()
+        return [[float(x) for x in row] for row in self._embedder.encode(list(texts))]
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        data = self._client.embeddings.create(model=self._model, input=list(texts)).data
-        return [d.embedding for d in sorted(data, key=lambda d: d.index)]
+        return self._encode(texts)
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embed_documents([text])[0]
+        return self._encode([text])[0]
 
 
-def make_metrics(judge: JudgeEndpoint | None, embedding_model: str | None = None) -> dict[str, Any]:
+def make_metrics(judge: JudgeEndpoint | None) -> dict[str, Any]:
     """ragas metric objects by name: the judge's, or the offline ones without a judge."""
-    return (judge or OfflineJudge()).metrics(embedding_model)
+    return (judge or OfflineJudge()).metrics()
 
 
 def samples(questions: Sequence[str], answers: Sequence[str], contexts: Sequence[Sequence[str]],
@@ -241,7 +266,8 @@ def score_rag_for_sides(ev: "DictConfig", rag: "DictConfig", rows: Sequence[dict
     collection ``rag`` names as the ingest did, the judge is ``open_judge(ev)``. ``rows`` are
     chat rows (the last user message is the question, the last message the reference);
     ``sides`` maps a side ("challenger", "champion") to its adapter folder. Returns a
-    report-ready summary: mode, sample count, means and failure counts per side.
+    report-ready summary: mode, sample count, and per side the means, the n of each mean and
+    the failure counts.
     """
     from modelchain.eval.generation import generate
 
@@ -255,12 +281,13 @@ def score_rag_for_sides(ev: "DictConfig", rag: "DictConfig", rows: Sequence[dict
         contexts = [[h.text for h in hits] for hits in retriever.retrieve_many(questions, ev.rag_top_k)]
     judge = open_judge(ev)
     metrics = judge.metrics()
-    out = {"mode": judge.mode, "samples": len(rows), "means": {}, "failures": {}, "errors": []}
+    out = {"mode": judge.mode, "samples": len(rows), "means": {}, "n": {}, "failures": {}, "errors": []}
     for side, adapter in sides.items():
         answers = generate(base_dir, [rag_prompt(q, c) for q, c in zip(questions, contexts)], adapter_dir=adapter,
                            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
         result = score(samples(questions, answers, contexts, references), metrics, **judge.limits())
         out["means"][side] = result.means()
+        out["n"][side] = result.counts()
         out["failures"][side] = result.failures
         out["errors"] += [f"{side}: {e}" for e in result.errors]
     out["failed_total"] = sum(sum(f.values()) for f in out["failures"].values())

@@ -43,11 +43,12 @@ def run(
     adapter_dir: str | Path,
     results_path: str | Path,
     champion: str | None = None,
+    progress: bool = False,
 ) -> dict:
     """Writes per-example results to `results_path` (JSON) and returns them.
 
     `model`, `ev` (eval), `cluster` and `rag` are the typed config groups; `champion`, when
-    given, replaces `ev.champion`.
+    given, replaces `ev.champion`; `progress` shows a bar per side while it generates.
     """
     from modelchain.core.models import base_model_from_settings
     from modelchain.eval.generation import generate
@@ -70,7 +71,8 @@ def run(
     answers, scores, means = {}, {}, {}
     for side, adapter in adapters.items():
         answers[side] = generate(
-            base_dir, prompts, adapter_dir=adapter, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size
+            base_dir, prompts, adapter_dir=adapter, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+            progress=progress, desc=f"answering ({side})",
         )
         scored = score_examples(answers[side], references)
         scores[side] = {m: scored[m] for m in ANSWER_METRICS}
@@ -90,6 +92,7 @@ def run(
         "n_examples": len(rows),
         "split": split,
         "perplexity_split": "val",
+        "perplexity_n_examples": len(val_rows),
         "champion_uri": champion or "",
         "sides": list(adapters),
         "scores": scores,
