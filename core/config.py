@@ -332,6 +332,13 @@ class JudgeConfig:
     # Answer relevancy compares question embeddings by this embedder, never by the chat model:
     # the project's local one by default (runtime torch), or runtime=openai with an endpoint.
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    # Reproducible and bounded (eval/judge_calls.py): every call goes with temperature 0 and a seed.
+    seed: int = 0  # repeat r sends seed + r
+    cache: bool = True  # answers cached by content: re-scoring unchanged answers makes no judge call
+    cache_dir: str = ""  # empty = $MODELCHAIN_CACHE/judge (default ~/.cache/modelchain/judge)
+    repeats: int = 1  # the judged metrics run k times; the report gives each metric's mean and spread
+    max_tokens: int = 0  # token budget of one scoring run (0 = none): refuses to start above it, stops at it
+    price_per_1k_tokens: float = 0.0  # for the cost figure in the report
 
 
 @dataclass

@@ -112,6 +112,9 @@ def check_config(cfg, need) -> None:
     need(not judge.base_url or bool(judge.model), "eval.judge.model", "needed with eval.judge.base_url")
     need(0.0 <= judge.max_failure_fraction <= 1.0, "eval.judge.max_failure_fraction",
          f"must be in [0, 1], got {judge.max_failure_fraction}")
+    need(judge.repeats >= 1, "eval.judge.repeats", "must be >= 1")
+    need(judge.max_tokens >= 0, "eval.judge.max_tokens", "must be >= 0 (0 = no budget)")
+    need(judge.price_per_1k_tokens >= 0, "eval.judge.price_per_1k_tokens", "must be >= 0")
     from modelchain.core.embedder import RUNTIMES
 
     need(judge.embedding.runtime in RUNTIMES, "eval.judge.embedding.runtime",

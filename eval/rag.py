@@ -94,7 +94,7 @@ class OfflineJudge(JudgeEndpoint):
         }
 
 
-@dataclass(frozen=True)
+@dataclass
 class OpenAIJudge(JudgeEndpoint):
     """An OpenAI-compatible judge endpoint (vLLM, LiteLLM, ...) and how hard to push it.
 
@@ -109,26 +109,59 @@ class OpenAIJudge(JudgeEndpoint):
     timeout_s: float = 60.0
     retries: int = 2
     embedding: Any = None
+    seed: int | None = 0  # with temperature 0 on every call; repeat r sends seed + r
+    cache_dir: str | None = None  # answers cached by content here; None = no cache
+    max_tokens: int = 0  # the token budget (0 = none)
+    price_per_1k_tokens: float = 0.0
+    repeats: int = 1
+    budget: Any = None  # the TokenBudget every call of this judge counts against (made on first use)
     mode = "llm"
 
     @classmethod
     def from_config(cls, ev: "DictConfig") -> "OpenAIJudge":
         """The endpoint of ``eval.judge``; the key from the variable ``eval.judge.api_key_env`` names."""
         judge = ev.judge
+        cache_dir = None
+        if judge.cache:
+            from modelchain.core.models import cache_dir as modelchain_cache
+
+            cache_dir = judge.cache_dir or str(modelchain_cache() / "judge")
         return cls(
             base_url=judge.base_url, model=judge.model, api_key=os.environ.get(judge.api_key_env, "none"),
             concurrency=judge.concurrency, timeout_s=float(judge.timeout_s), retries=judge.retries,
-            embedding=judge.embedding,
+            embedding=judge.embedding, seed=judge.seed, cache_dir=cache_dir, max_tokens=judge.max_tokens,
+            price_per_1k_tokens=judge.price_per_1k_tokens, repeats=judge.repeats,
         )
 
-    def metrics(self) -> dict[str, Any]:
-        """Faithfulness, answer relevancy, context precision and recall, judged by the endpoint."""
+    def limits(self) -> dict[str, Any]:
+        return {**super().limits(), "budget": self.token_budget()}
+
+    def token_budget(self):
+        """The TokenBudget this judge's calls count against (one per judge object)."""
+        if self.budget is None:
+            from modelchain.eval.judge_calls import TokenBudget
+
+            self.budget = TokenBudget(limit=self.max_tokens, price_per_1k=self.price_per_1k_tokens)
+        return self.budget
+
+    def metrics(self, repeat: int = 0) -> dict[str, Any]:
+        """Faithfulness, answer relevancy, context precision and recall, judged by the endpoint.
+
+        Every call goes through `JudgeTransport`: temperature 0, seed + `repeat`, the content
+        cache and the token budget.
+        """
+        import httpx
         from openai import AsyncOpenAI
         from ragas.llms import llm_factory
         from ragas.metrics import Faithfulness, LLMContextPrecisionWithReference, LLMContextRecall, ResponseRelevancy
 
+        from modelchain.eval.judge_calls import JudgeTransport
+
+        transport = JudgeTransport(self.token_budget(), self.cache_dir,
+                                   None if self.seed is None else self.seed + repeat)
         # Retries and timeouts are ours (per task), so the client itself does not retry.
-        client = AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0)
+        client = AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0,
+                             http_client=httpx.AsyncClient(transport=transport, timeout=self.timeout_s))
         llm = llm_factory(self.model, provider="openai", client=client)
         embeddings = RagasEmbeddings(self.embedding)
         return {
@@ -218,8 +251,12 @@ def samples(questions: Sequence[str], answers: Sequence[str], contexts: Sequence
 
 
 async def ascore(rag_samples: Sequence, metrics: Mapping[str, Any], *, concurrency: int = 8,
-                 timeout_s: float = 60.0, retries: int = 2) -> Scores:
-    """Score every sample with every metric: bounded concurrency, a timeout and retries per task."""
+                 timeout_s: float = 60.0, retries: int = 2, budget=None) -> Scores:
+    """Score every sample with every metric: bounded concurrency, a timeout and retries per task.
+
+    With a `budget` (judge_calls.TokenBudget), a task that finds it spent is not started (nor
+    retried) and counts as failed: the scores are partial, and say so.
+    """
     semaphore = asyncio.Semaphore(concurrency)
     values = {name: [math.nan] * len(rag_samples) for name in metrics}
     failures = {name: 0 for name in metrics}
@@ -227,7 +264,11 @@ async def ascore(rag_samples: Sequence, metrics: Mapping[str, Any], *, concurren
 
     async def task(i: int, name: str) -> None:
         async with semaphore:
+            last: BaseException = RuntimeError("not run")
             for attempt in range(retries + 1):
+                if budget is not None and budget.exhausted:
+                    last = RuntimeError(f"not judged: the token budget of {budget.limit} is spent")
+                    break
                 try:
                     score = await asyncio.wait_for(metrics[name].single_turn_ascore(rag_samples[i]), timeout_s)
                     values[name][i] = float(score)
@@ -266,8 +307,10 @@ def score_rag_for_sides(ev: "DictConfig", rag: "DictConfig", rows: Sequence[dict
     collection ``rag`` names as the ingest did, the judge is ``open_judge(ev)``. ``rows`` are
     chat rows (the last user message is the question, the last message the reference);
     ``sides`` maps a side ("challenger", "champion") to its adapter folder. Returns a
-    report-ready summary: mode, sample count, and per side the means, the n of each mean and
-    the failure counts.
+    report-ready summary: mode, question count, repeats (``eval.judge.repeats``; samples =
+    questions x repeats), and per side the means (over repeats), their spread, the n of each
+    mean and the failure counts; with a judge, its calls, cache hits, tokens and cost, and
+    whether the token budget cut the run short (``partial``).
     """
     from modelchain.eval.generation import generate
 
@@ -280,15 +323,49 @@ def score_rag_for_sides(ev: "DictConfig", rag: "DictConfig", rows: Sequence[dict
     with retriever:
         contexts = [[h.text for h in hits] for hits in retriever.retrieve_many(questions, ev.rag_top_k)]
     judge = open_judge(ev)
-    metrics = judge.metrics()
-    out = {"mode": judge.mode, "samples": len(rows), "means": {}, "n": {}, "failures": {}, "errors": []}
+    repeats = ev.judge.repeats if judge.mode == "llm" else 1  # offline metrics do not vary
+    if judge.mode == "llm" and ev.judge.max_tokens:
+        _check_budget_estimate(ev, questions, contexts, references, len(sides) * repeats)
+    out = {"mode": judge.mode, "questions": len(rows), "repeats": repeats, "samples": len(rows) * repeats,
+           "means": {}, "n": {}, "spread": {}, "failures": {}, "errors": []}
+    metrics_by_repeat = [judge.metrics(repeat) if judge.mode == "llm" else judge.metrics() for repeat in range(repeats)]
     for side, adapter in sides.items():
         answers = generate(base_dir, [rag_prompt(q, c) for q, c in zip(questions, contexts)], adapter_dir=adapter,
                            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-        result = score(samples(questions, answers, contexts, references), metrics, **judge.limits())
-        out["means"][side] = result.means()
-        out["n"][side] = result.counts()
-        out["failures"][side] = result.failures
-        out["errors"] += [f"{side}: {e}" for e in result.errors]
+        rag_samples = samples(questions, answers, contexts, references)
+        runs = [score(rag_samples, metrics, **judge.limits()) for metrics in metrics_by_repeat]
+        out["means"][side], out["spread"][side] = _over_repeats([r.means() for r in runs])
+        out["n"][side] = {m: sum(r.counts()[m] for r in runs) for m in runs[0].values}
+        out["failures"][side] = {m: sum(r.failures[m] for r in runs) for m in runs[0].values}
+        out["errors"] += [f"{side}: {e}" for r in runs for e in r.errors][:20]
     out["failed_total"] = sum(sum(f.values()) for f in out["failures"].values())
+    if judge.mode == "llm":
+        out["calls"] = judge.token_budget().summary()
+        out["partial"] = out["calls"]["budget_exhausted"]
     return out
+
+
+def _over_repeats(means: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Per metric, the mean of the repeats' means and their spread (standard deviation, min, max)."""
+    mean, spread = {}, {}
+    for name in means[0]:
+        values = [m[name] for m in means if not math.isnan(m[name])]
+        mean[name] = sum(values) / len(values) if values else math.nan
+        sd = math.sqrt(sum((v - mean[name]) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        spread[name] = {"sd": sd, "min": min(values, default=math.nan), "max": max(values, default=math.nan),
+                        "repeats": len(values)}
+    return mean, spread
+
+
+def _check_budget_estimate(ev: "DictConfig", questions, contexts, references, passes: int) -> None:
+    """Refuse to start when the estimated judge tokens exceed eval.judge.max_tokens."""
+    from modelchain.eval.judge_calls import estimate_tokens
+
+    answer_chars = 4 * ev.max_new_tokens
+    per_task = [len(q) + sum(map(len, c)) + len(r) + answer_chars
+                for q, c, r in zip(questions, contexts, references)] * len(JUDGED) * passes
+    estimate = estimate_tokens(per_task)
+    if estimate > ev.judge.max_tokens:
+        raise ValueError(f"eval.judge.max_tokens: about {estimate} judge tokens needed ({len(per_task)} tasks), "
+                         f"over the budget of {ev.judge.max_tokens}; raise it, or lower eval.rag_questions or "
+                         f"eval.judge.repeats")

@@ -45,14 +45,28 @@ def _tables(decision: GateDecision, results: Mapping, policy: GatePolicy) -> lis
     if rag:
         rag_sides = list(rag["means"])
         rag_metrics = sorted({m for s in rag_sides for m in rag["means"][s]})
-        counts = rag.get("n", {})
-        rows = [[m] + [_num(rag["means"][s].get(m)) + _n(counts.get(s, {}).get(m)) for s in rag_sides]
+        counts, spread, repeats = rag.get("n", {}), rag.get("spread", {}), rag.get("repeats", 1)
+
+        def cell(side: str, metric: str) -> str:
+            text = _num(rag["means"][side].get(metric)) + _n(counts.get(side, {}).get(metric))
+            sd = spread.get(side, {}).get(metric, {}).get("sd")
+            return text + (f" sd {sd:.3f}" if repeats > 1 and sd is not None else "")
+
+        rows = [[m] + [cell(s, m) for s in rag_sides]
                 + [str(sum(rag["failures"].get(s, {}).get(m, 0) for s in rag_sides))] for m in rag_metrics]
         kind = ("judged by an LLM" if rag["mode"] == "llm"
                 else "offline string-similarity stand-ins, not judged: they never meet a judged metric's floor")
-        tables.append((f"RAG scoring ({kind}; {rag['samples']} questions; a mean is over its n, the samples that "
-                       f"scored; judge failures are counted, not dropped: {rag['failed_total']} in all)",
-                       ["metric (rag_ + name)", *rag_sides, "judge failures"], rows))
+        over = f", {repeats} repeats (mean and sd over them)" if repeats > 1 else ""
+        title = (f"RAG scoring ({kind}; {rag.get('questions', rag['samples'])} questions{over}; a mean is over its n, "
+                 f"the samples that scored; judge failures are counted, not dropped: {rag['failed_total']} in all)")
+        calls = rag.get("calls")
+        if calls:
+            title += (f"; judge calls {calls['judge_calls']}, from cache {calls['cached_calls']}, tokens "
+                      f"{calls['tokens']}" + (f" of {calls['token_budget']}" if calls["token_budget"] else "")
+                      + (f", cost {calls['cost']:.4f}" if calls["cost"] else ""))
+        if rag.get("partial"):
+            title = "PARTIAL: the judge's token budget ran out; " + title
+        tables.append((title, ["metric (rag_ + name)", *rag_sides, "judge failures"], rows))
 
     examples = results.get("examples", [])
     if examples and other in sides:

@@ -90,17 +90,22 @@ def test_rag_scoring_for_challenger_and_champion_counts_judge_failures(tmp_path,
         cfg = compose("finetune", [
             "model=local_dir", f"model.path={tiny_model}", f"data.source.uri={routing_dataset}", "eval=smoke",
             "eval.rag_questions=3", f"eval.judge.base_url={stub.base_url}", "eval.judge.model=stub",
-            "eval.judge.timeout_s=5", "eval.judge.retries=0",
+            "eval.judge.timeout_s=5", "eval.judge.retries=0", "eval.judge.repeats=2",
+            f"eval.judge.cache_dir={tmp_path / 'judge-cache'}",
         ])
         prepare_from_config(cfg.data, cfg.model, tmp_path / "splits")
         rows = read_jsonl(tmp_path / "splits" / "test.jsonl")[:3]
         out = score_rag_for_sides(cfg.eval, cfg.rag, rows, tiny_model, {"challenger": adapter, "champion": adapter},
                                   retriever=FakeRetriever())
-    assert out["mode"] == "llm" and out["samples"] == 3 and set(out["means"]) == {"challenger", "champion"}
-    # Every judged task fails, and each failure is counted under its metric and side.
-    assert out["failures"]["challenger"] == {name: 3 for name in JUDGED}
+    assert out["mode"] == "llm" and out["questions"] == 3 and out["repeats"] == 2 and out["samples"] == 6
+    assert set(out["means"]) == {"challenger", "champion"}
+    # Every judged task fails, and each failure is counted under its metric, side and repeat.
+    assert out["failures"]["challenger"] == {name: 6 for name in JUDGED}
     assert out["n"]["challenger"] == {name: 0 for name in JUDGED}  # no mean is over a failed sample
-    assert out["failed_total"] == 2 * 3 * len(JUDGED) and out["errors"]
+    assert out["failed_total"] == 2 * 6 * len(JUDGED) and out["errors"]
+    assert out["spread"]["challenger"]["faithfulness"]["repeats"] == 0 and not out["partial"]
+    # The champion is the same adapter, so its answers and prompts are the challenger's: all from the cache.
+    assert out["calls"]["judge_calls"] > 0 and out["calls"]["cached_calls"] == out["calls"]["judge_calls"]
 
 
 def test_lm_eval_harness_task_from_the_test_split(tiny_model, adapter):

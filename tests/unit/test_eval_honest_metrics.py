@@ -106,3 +106,19 @@ def test_scores_report_the_n_of_each_mean():
     scores = rag.Scores({"a": [1.0, float("nan"), 0.0], "b": [float("nan")] * 3}, {"a": 1, "b": 3})
     assert scores.counts() == {"a": 2, "b": 0}
     assert scores.means()["a"] == 0.5
+
+
+def test_the_report_gives_repeats_spread_calls_and_a_partial_run():
+    judged = rag_results("llm", {"challenger": {"faithfulness": 0.7}}, {"challenger": {"faithfulness": 3}}, samples=30)
+    judged |= {"questions": 10, "repeats": 3, "partial": True,
+               "spread": {"challenger": {"faithfulness": {"sd": 0.05, "min": 0.65, "max": 0.75, "repeats": 3}}},
+               "calls": {"judge_calls": 10, "cached_calls": 4, "tokens": 5000, "token_budget": 5000, "cost": 0.01,
+                         "budget_exhausted": True}}
+    results = results_with(judged)
+    decision = decide_results(results, policy())
+    text = render_markdown(decision, results, policy())
+    assert "PARTIAL: the judge's token budget ran out" in text
+    assert "10 questions, 3 repeats (mean and sd over them)" in text
+    assert "| faithfulness | 0.700 (n=27) sd 0.050 | 3 |" in text
+    assert "judge calls 10, from cache 4, tokens 5000 of 5000, cost 0.0100" in text
+    assert "PASS judge_failures: worst challenger faithfulness: 3/30 failed (10%), allowed 10%" in decision.reasons
