@@ -78,19 +78,20 @@ class OfflineJudge(JudgeEndpoint):
         return cls()
 
     def metrics(self) -> dict[str, Any]:
-        from ragas.metrics._bleu_score import BleuScore
+        # ragas 0.4 has no collections class for the non-LLM context metrics: they stay on the
+        # single-turn interface, which `_Metric` calls the same way.
         from ragas.metrics._context_precision import NonLLMContextPrecisionWithReference
         from ragas.metrics._context_recall import NonLLMContextRecall
-        from ragas.metrics._rouge_score import RougeScore
-        from ragas.metrics._string import ExactMatch, NonLLMStringSimilarity
+        from ragas.metrics.collections import BleuScore, ExactMatch, NonLLMStringSimilarity, RougeScore
 
+        answer = ("reference", "response")
         return {
-            "offline_context_precision": NonLLMContextPrecisionWithReference(),
-            "offline_context_recall": NonLLMContextRecall(),
-            "offline_string_similarity": NonLLMStringSimilarity(),
-            "offline_rouge": RougeScore(),
-            "offline_bleu": BleuScore(),
-            "offline_exact_match": ExactMatch(),
+            "offline_context_precision": _Metric(NonLLMContextPrecisionWithReference()),
+            "offline_context_recall": _Metric(NonLLMContextRecall()),
+            "offline_string_similarity": _Metric(NonLLMStringSimilarity(), answer),
+            "offline_rouge": _Metric(RougeScore(), answer),
+            "offline_bleu": _Metric(BleuScore(), answer),
+            "offline_exact_match": _Metric(ExactMatch(), answer),
         }
 
 
@@ -153,7 +154,7 @@ class OpenAIJudge(JudgeEndpoint):
         import httpx
         from openai import AsyncOpenAI
         from ragas.llms import llm_factory
-        from ragas.metrics import Faithfulness, LLMContextPrecisionWithReference, LLMContextRecall, ResponseRelevancy
+        from ragas.metrics.collections import AnswerRelevancy, ContextPrecisionWithReference, ContextRecall, Faithfulness
 
         from modelchain.eval.judge_calls import JudgeTransport
 
@@ -163,12 +164,13 @@ class OpenAIJudge(JudgeEndpoint):
         client = AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0,
                              http_client=httpx.AsyncClient(transport=transport, timeout=self.timeout_s))
         llm = llm_factory(self.model, provider="openai", client=client)
-        embeddings = RagasEmbeddings(self.embedding)
+        embeddings = ragas_embeddings(self.embedding)
         return {
-            "faithfulness": Faithfulness(llm=llm),
-            "answer_relevancy": ResponseRelevancy(llm=llm, embeddings=embeddings),
-            "context_precision": LLMContextPrecisionWithReference(llm=llm),
-            "context_recall": LLMContextRecall(llm=llm),
+            "faithfulness": _Metric(Faithfulness(llm=llm), ("user_input", "response", "retrieved_contexts")),
+            "answer_relevancy": _Metric(AnswerRelevancy(llm=llm, embeddings=embeddings), ("user_input", "response")),
+            "context_precision": _Metric(ContextPrecisionWithReference(llm=llm),
+                                         ("user_input", "reference", "retrieved_contexts")),
+            "context_recall": _Metric(ContextRecall(llm=llm), ("user_input", "retrieved_contexts", "reference")),
         }
 
 
@@ -208,29 +210,68 @@ class Scores:
         return {name: sum(not math.isnan(v) for v in vals) for name, vals in self.values.items()}
 
 
-class RagasEmbeddings:
-    """The project's embedder (core/embedder.py) in the shape ragas' answer relevancy calls (sync).
+class _Metric:
+    """One ragas metric behind the one call the scoring loop makes: `ascore(sample)` -> a float.
 
-    ``embedding`` is a typed ``eval.judge.embedding`` group, or None for the default local
-    model; the model loads on the first call, so building the metrics stays cheap.
+    A collections metric (ragas 0.4's current API) takes the sample's `fields` as keyword
+    arguments and returns a MetricResult; with no fields, a single-turn metric scores the
+    sample itself. This class is the only place that knows either interface.
+    """
+
+    def __init__(self, metric: Any, fields: Sequence[str] = ()) -> None:
+        self.metric, self.fields = metric, tuple(fields)
+
+    async def ascore(self, sample: Any) -> float:
+        if not self.fields:
+            return float(await self.metric.single_turn_ascore(sample))
+        result = await self.metric.ascore(**{name: getattr(sample, name) for name in self.fields})
+        return float(result.value)
+
+
+class ProjectEmbeddings:
+    """The project's embedder (core/embedder.py), loaded on first use.
+
+    ``embedding`` is a typed ``eval.judge.embedding`` group, or None for the default local model.
     """
 
     def __init__(self, embedding: "DictConfig | None" = None) -> None:
+        import threading
+
         self._config = embedding
         self._embedder = None
+        self._lock = threading.Lock()  # one encode at a time: the model is shared by every task
 
-    def _encode(self, texts: list[str]) -> list[list[float]]:
-        if self._embedder is None:
-            from modelchain.core.embedder import embedder_from_config, make_embedder
+    def embed_texts(self, texts: Sequence[str]) -> list[list[float]]:
+        with self._lock:
+            if self._embedder is None:
+                from modelchain.core.embedder import embedder_from_config, make_embedder
 
-            self._embedder = embedder_from_config(self._config) if self._config is not None else make_embedder()
-        return [[float(x) for x in row] for row in self._embedder.encode(list(texts))]
+                self._embedder = embedder_from_config(self._config) if self._config is not None else make_embedder()
+            return [[float(x) for x in row] for row in self._embedder.encode(list(texts))]
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self._encode(texts)
 
-    def embed_query(self, text: str) -> list[float]:
-        return self._encode([text])[0]
+def ragas_embeddings(embedding: "DictConfig | None" = None) -> Any:
+    """`ProjectEmbeddings` as ragas' modern embedding interface (BaseRagasEmbedding), for answer relevancy."""
+    from ragas.embeddings.base import BaseRagasEmbedding
+
+    class _Embeddings(BaseRagasEmbedding):
+        def __init__(self) -> None:
+            super().__init__()
+            self.project = ProjectEmbeddings(embedding)
+
+        def embed_text(self, text: str, **kwargs: Any) -> list[float]:
+            return self.project.embed_texts([text])[0]
+
+        def embed_texts(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
+            return self.project.embed_texts(texts)
+
+        async def aembed_text(self, text: str, **kwargs: Any) -> list[float]:
+            return (await self.aembed_texts([text]))[0]
+
+        async def aembed_texts(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
+            return await asyncio.to_thread(self.project.embed_texts, texts)  # off the event loop
+
+    return _Embeddings()
 
 
 def make_metrics(judge: JudgeEndpoint | None) -> dict[str, Any]:
@@ -270,7 +311,7 @@ async def ascore(rag_samples: Sequence, metrics: Mapping[str, Any], *, concurren
                     last = RuntimeError(f"not judged: the token budget of {budget.limit} is spent")
                     break
                 try:
-                    score = await asyncio.wait_for(metrics[name].single_turn_ascore(rag_samples[i]), timeout_s)
+                    score = await asyncio.wait_for(metrics[name].ascore(rag_samples[i]), timeout_s)
                     values[name][i] = float(score)
                     return
                 except Exception as exc:  # timeouts, HTTP errors, malformed JSON: all count alike

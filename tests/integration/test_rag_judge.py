@@ -130,5 +130,5 @@ def test_answer_relevancy_embeds_at_the_configured_endpoint():
 def test_the_embedder_is_picked_by_config():
     judge = rag.open_judge(eval_config(base_url="http://127.0.0.1:1/v1", model="m"))
     assert judge.embedding.runtime == "torch" and judge.embedding.endpoint is None  # the project's local embedder
-    vector = rag.RagasEmbeddings(judge.embedding).embed_query("Who routes billing tickets?")
+    [vector] = rag.ProjectEmbeddings(judge.embedding).embed_texts(["Who routes billing tickets?"])
     assert len(vector) == 384
