@@ -398,6 +398,22 @@ def _over_repeats(means: list[dict[str, float]]) -> tuple[dict[str, float], dict
     return mean, spread
 
 
+def check_judge_budget(ev: "DictConfig", rag: "DictConfig", rows: Sequence[dict], sides: int) -> None:
+    """Before any model answers: refuse when even the retrieved contexts' size allowed by
+    ``rag.chunk.tokens`` x ``eval.rag_top_k`` puts the judge tokens over ``eval.judge.max_tokens``.
+
+    An upper estimate, so a run it lets through may still be refused by the exact estimate
+    made once the contexts are retrieved (``score_rag_for_sides``).
+    """
+    if judge_name(ev) != "openai" or not ev.judge.max_tokens or ev.rag_questions <= 0:
+        return
+    rows = list(rows)[: ev.rag_questions]
+    questions = [row["messages"][-2]["content"] for row in rows]
+    references = [row["messages"][-1]["content"] for row in rows]
+    contexts = [["x" * 4 * rag.chunk.tokens] * ev.rag_top_k for _ in rows]
+    _check_budget_estimate(ev, questions, contexts, references, sides * ev.judge.repeats)
+
+
 def _check_budget_estimate(ev: "DictConfig", questions, contexts, references, passes: int) -> None:
     """Refuse to start when the estimated judge tokens exceed eval.judge.max_tokens."""
     from modelchain.eval.judge_calls import estimate_tokens

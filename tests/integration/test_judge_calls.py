@@ -101,3 +101,21 @@ def test_the_cache_key_is_the_content():
     assert request_key("http://j/v1/chat/completions", body) != request_key(
         "http://j/v1/chat/completions", {**body, "model": "other"})
     assert TokenBudget().summary()["budget_exhausted"] is False
+
+
+def test_an_over_budget_run_is_refused_before_any_model_answers(tmp_path):
+    """evaluate() refuses before it loads the base model: the model folder here does not even exist."""
+    from modelchain.components.evaluate.logic import run as evaluate
+    from modelchain.core.config import compose
+
+    row = {"messages": [{"role": "user", "content": "Who routes billing tickets?"},
+                        {"role": "assistant", "content": "the billing team"}]}
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "test.jsonl").write_text("\n".join([json.dumps(row)] * 4) + "\n")
+    cfg = compose("finetune", ["model=local_dir", f"model.path={tmp_path / 'no-model'}", "eval=smoke",
+                               "eval.rag_questions=4", "eval.judge.base_url=http://127.0.0.1:9/v1",
+                               "eval.judge.model=judge", "eval.judge.max_tokens=5000"])
+    with pytest.raises(ValueError, match=r"eval.judge.max_tokens: about \d+ judge tokens needed \(16 tasks\)"):
+        evaluate(cfg.model, cfg.eval, cfg.cluster, cfg.rag, tmp_path / "splits", tmp_path / "adapter",
+                 tmp_path / "results.json")
+    assert not (tmp_path / "results.json").exists()
