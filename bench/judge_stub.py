@@ -65,6 +65,8 @@ class JudgeStub:
                  port: int = 0):
         self.latency_s, self.faults, self.hang_s = latency_s, dict(faults or {}), hang_s
         self.requests = 0
+        self.paths: dict[str, int] = {}  # requests per path, e.g. "/v1/embeddings"
+        self.chat_bodies: list[dict] = []  # every chat completion request, as sent
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -113,6 +115,7 @@ class JudgeStub:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with stub._lock:
                     stub.requests += 1
+                    stub.paths[self.path] = stub.paths.get(self.path, 0) + 1
                 if self.path.endswith("/embeddings"):
                     texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
                     data = [{"object": "embedding", "index": i,
@@ -121,6 +124,8 @@ class JudgeStub:
                     return self._send(200, {"object": "list", "data": data, "model": body.get("model", "stub"),
                                             "usage": {"prompt_tokens": 0, "total_tokens": 0}})
                 time.sleep(stub.latency_s)
+                with stub._lock:
+                    stub.chat_bodies.append(body)
                 prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
                 fault = stub._fault(prompt)
                 if fault == "timeout":
@@ -134,7 +139,9 @@ class JudgeStub:
                     "choices": [{"index": i, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": content}}
                                 for i in range(int(body.get("n") or 1))],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    # About 4 characters a token, as an English tokenizer counts.
+                    "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(content) // 4,
+                              "total_tokens": len(prompt) // 4 + len(content) // 4},
                 })
 
         return Handler

@@ -200,13 +200,8 @@ class EvalConfig:
     # RAG scoring: questions answered over contexts retrieved from rag.milvus (0 = off).
     rag_questions: int = 0
     rag_top_k: int = 4
-    # LLM judge (any OpenAI-compatible endpoint); empty base_url = offline metrics only.
-    judge_base_url: str = ""
-    judge_model: str = ""
-    judge_api_key_env: str = "JUDGE_API_KEY"  # the environment variable holding the key
-    judge_concurrency: int = 8
-    judge_timeout_s: float = 60.0
-    judge_retries: int = 2
+    # The judge of RAG scoring (eval/rag.py): an LLM endpoint, or none (offline stand-ins, rag_offline_*).
+    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig())
 
 
 # --------------------------------------------------------------------------- serve
@@ -323,6 +318,31 @@ class EmbeddingConfig:
     normalize: bool = True
     endpoint: Optional[str] = None  # OpenAI-compatible base URL (runtime=openai), e.g. http://host/v1
     api_key_env: str = "OPENAI_API_KEY"  # env var with the endpoint's key (a secret by name on EKS)
+
+
+@dataclass
+class JudgeConfig:
+    """eval.judge: who scores RAG answers (eval/rag.py) and how far the gate trusts it."""
+
+    # Any OpenAI-compatible endpoint (vLLM, LiteLLM, ...); empty = no judge, offline metrics only.
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = "JUDGE_API_KEY"  # the environment variable holding the key
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    retries: int = 2
+    # The gate refuses when more than this fraction of a side's samples failed on any RAG metric.
+    max_failure_fraction: float = 0.1
+    # Answer relevancy compares question embeddings by this embedder, never by the chat model:
+    # the project's local one by default (runtime torch), or runtime=openai with an endpoint.
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    # Reproducible and bounded (eval/judge_calls.py): every call goes with temperature 0 and a seed.
+    seed: int = 0  # repeat r sends seed + r
+    cache: bool = True  # answers cached by content: re-scoring unchanged answers makes no judge call
+    cache_dir: str = ""  # empty = $MODELCHAIN_CACHE/judge (default ~/.cache/modelchain/judge)
+    repeats: int = 1  # the judged metrics run k times; the report gives each metric's mean and spread
+    max_tokens: int = 0  # token budget of one scoring run (0 = none): refuses to start above it, stops at it
+    price_per_1k_tokens: float = 0.0  # for the cost figure in the report
 
 
 @dataclass

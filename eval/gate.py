@@ -11,6 +11,9 @@ Rules, in order:
    paired interval (challenger - champion). Only when the registry answered that there is no
    champion yet (or `eval.champion=none`) do floors and the base comparison decide alone; a
    champion that could not be looked up, fetched, verified or evaluated fails this rule.
+5. `judge_failures` (only when RAG answers were scored): on no side and metric did more
+   than `eval.judge.max_failure_fraction` of the samples fail, since a mean over the
+   survivors says little about the rest.
 
 The interval is a two-sided percentile bootstrap interval at `confidence` (95 % by default);
 deciding on its lower bound alone is a one-sided test at 1 - (1 - confidence) / 2 (97.5 %).
@@ -30,7 +33,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from modelchain.core.config import EvalConfig
+from modelchain.core.config import EvalConfig, JudgeConfig
+from modelchain.eval.metrics import unmeasured
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,14 @@ class GatePolicy:
     bootstrap_resamples: int = _EVAL.bootstrap_resamples
     confidence: float = _EVAL.confidence
     seed: int = _EVAL.seed
+    max_failure_fraction: float = JudgeConfig().max_failure_fraction  # eval.judge.max_failure_fraction
 
     @classmethod
     def from_config(cls, ev: Mapping, **overrides) -> "GatePolicy":
         """The policy from the `eval` group (typed config or mapping); keyword arguments replace its values."""
-        values = {f.name: ev[f.name] for f in fields(cls)}
+        values = {f.name: ev[f.name] for f in fields(cls) if f.name in ev}
+        if "judge" in ev:
+            values["max_failure_fraction"] = ev["judge"]["max_failure_fraction"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["thresholds"] = {k: float(v) for k, v in dict(values["thresholds"]).items()}
         values["compare_metrics"] = tuple(values["compare_metrics"])
@@ -158,6 +165,7 @@ def decide(
     policy: GatePolicy,
     summary: Mapping[str, Mapping[str, float]] | None = None,
     champion: Mapping | None = None,
+    rag: Mapping | None = None,
 ) -> GateDecision:
     """Apply `policy` to per-example scores.
 
@@ -166,7 +174,8 @@ def decide(
     ``summary[side][metric]`` holds metrics with no per-example list (perplexity, judge
     means); floors on those compare the value itself. ``champion`` is how evaluate resolved
     `eval.champion` (eval/champion.py Champion.to_dict()); without it, a "champion" side in
-    ``scores`` is compared and its absence means no champion.
+    ``scores`` is compared and its absence means no champion. ``rag`` is the RAG scoring summary
+    (eval/rag.py `score_rag_for_sides`: samples and failure counts per side) for rule 5.
     """
     challenger = scores["challenger"]
     summary = summary or {}
@@ -179,7 +188,7 @@ def decide(
         elif metric in summary.get("challenger", {}):
             value = float(summary["challenger"][metric])
         else:
-            checks.append(Check(f"floor.{metric}", False, f"metric {metric!r} was not measured"))
+            checks.append(Check(f"floor.{metric}", False, unmeasured(metric)))
             continue
         if math.isnan(value):
             checks.append(Check(f"floor.{metric}", False, f"metric {metric!r} has no value (every sample failed)"))
@@ -226,6 +235,17 @@ def decide(
         checks.append(Check("no_regression", False, f"fails closed: {champion['uri']} was resolved but not evaluated"))
     else:
         checks.append(Check("no_regression", True, "no champion evaluated: floors and the base comparison decide"))
+
+    # Rule 5: judge failures. The worst (side, metric) failure fraction against the allowed one.
+    if rag and rag.get("samples"):
+        samples = int(rag["samples"])
+        worst = max(((count / samples, side, metric) for side, counts in rag.get("failures", {}).items()
+                     for metric, count in counts.items()), default=(0.0, "", ""))
+        fraction, side, metric = worst
+        where = f"worst {side} {metric}: {round(fraction * samples)}/{samples} failed" if fraction else \
+            f"none of {samples} failed"
+        checks.append(Check("judge_failures", fraction <= policy.max_failure_fraction,
+                            f"{where} ({fraction:.0%}), allowed {policy.max_failure_fraction:.0%}"))
     return GateDecision(all(c.passed for c in checks), checks)
 
 

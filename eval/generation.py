@@ -45,8 +45,12 @@ def generate(
     max_new_tokens: int = 32,
     batch_size: int = 8,
     progress: bool = False,
+    desc: str = "generate",
 ) -> list[str]:
-    """Answer each chat prompt (a list of messages) greedily; return the new text, stripped."""
+    """Answer each chat prompt (a list of messages) greedily; return the new text, stripped.
+
+    With `progress`, a bar labelled `desc` counts the prompts answered (on stderr).
+    """
     if not prompts:
         return []
     import torch
@@ -68,8 +72,8 @@ def generate(
         eos_token_id=tokenizer.eos_token_id,
     )
     answers: list[str] = [""] * len(prompts)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="generate", unit="batch", disable=not progress):
+    bar = tqdm(total=len(order), desc=desc, unit="prompt", disable=not progress)
+    for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = tokenizer.pad(
             {"input_ids": [encoded[i] for i in chunk]}, padding=True, return_tensors="pt"
@@ -79,4 +83,6 @@ def generate(
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         for i, tokens in zip(chunk, new_tokens):
             answers[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        bar.update(len(chunk))
+    bar.close()
     return answers

@@ -3,7 +3,8 @@
 `ANSWER_METRICS` is the one list of per-example answer metrics: evaluate scores every one
 of them for every side, the gate compares sides on them (`eval.compare_metrics`) and sets
 floors on them (`eval.thresholds`). `GATE_METRICS` adds the RAG scores (eval/rag.py), which
-are means without per-example pairs, so they take floors only. Adding an answer metric is
+are means without per-example pairs, so they take floors only: the judged ones `rag_*` and
+the offline stand-ins `rag_offline_*`, never one for the other. Adding an answer metric is
 one function here and one line in ANSWER_METRICS.
 """
 
@@ -62,8 +63,17 @@ ANSWER_METRICS: dict[str, Callable[[str, str], float]] = {
     "exact_match": exact_match,
     "rouge_l": rouge_l,
 }
-# Metrics `eval.thresholds` may set floors on: the answer metrics, and the RAG scores (rag_*).
-GATE_METRICS: tuple[str, ...] = (*ANSWER_METRICS, *(f"rag_{m}" for m in dict.fromkeys(JUDGED + OFFLINE)))
+# Metrics `eval.thresholds` may set floors on: the answer metrics, and the RAG scores: judged
+# (rag_faithfulness, ...) and offline (rag_offline_*), distinct names so neither meets the other's floor.
+GATE_METRICS: tuple[str, ...] = (*ANSWER_METRICS, *(f"rag_{m}" for m in JUDGED + OFFLINE))
+
+
+def unmeasured(metric: str) -> str:
+    """Why a floor's metric has no value, in the words of the gate's reason."""
+    if metric in {f"rag_{m}" for m in JUDGED}:
+        return (f"metric {metric!r} was not measured: it needs an LLM judge (eval.judge.base_url) and "
+                f"eval.rag_questions > 0; offline stand-ins (rag_offline_*) never meet a judged floor")
+    return f"metric {metric!r} was not measured"
 
 
 def score_examples(predictions: Sequence[str], references: Sequence[str]) -> dict:
@@ -95,5 +105,19 @@ def check_config(cfg, need) -> None:
     need(0.5 <= ev.confidence < 1.0, "eval.confidence", f"must be in [0.5, 1), got {ev.confidence}")
     need(ev.bootstrap_resamples >= 100, "eval.bootstrap_resamples", "must be >= 100")
     need(ev.max_regression >= 0.0, "eval.max_regression", "must be >= 0")
-    need(ev.judge_concurrency >= 1, "eval.judge_concurrency", "must be >= 1")
-    need(not ev.judge_base_url or bool(ev.judge_model), "eval.judge_model", "needed with eval.judge_base_url")
+    judge = ev.judge
+    need(judge.concurrency >= 1, "eval.judge.concurrency", "must be >= 1")
+    need(judge.retries >= 0, "eval.judge.retries", "must be >= 0")
+    need(judge.timeout_s > 0, "eval.judge.timeout_s", "must be > 0")
+    need(not judge.base_url or bool(judge.model), "eval.judge.model", "needed with eval.judge.base_url")
+    need(0.0 <= judge.max_failure_fraction <= 1.0, "eval.judge.max_failure_fraction",
+         f"must be in [0, 1], got {judge.max_failure_fraction}")
+    need(judge.repeats >= 1, "eval.judge.repeats", "must be >= 1")
+    need(judge.max_tokens >= 0, "eval.judge.max_tokens", "must be >= 0 (0 = no budget)")
+    need(judge.price_per_1k_tokens >= 0, "eval.judge.price_per_1k_tokens", "must be >= 0")
+    from modelchain.core.embedder import RUNTIMES
+
+    need(judge.embedding.runtime in RUNTIMES, "eval.judge.embedding.runtime",
+         f"must be one of {', '.join(RUNTIMES)}, got {judge.embedding.runtime!r}")
+    need(judge.embedding.runtime != "openai" or bool(judge.embedding.endpoint), "eval.judge.embedding.endpoint",
+         "runtime openai needs an OpenAI-compatible base URL")

@@ -24,10 +24,10 @@ def _tables(decision: GateDecision, results: Mapping, policy: GatePolicy) -> lis
     other = "champion" if "champion" in sides else "base"
     scores = results.get("scores", {})
     metrics = sorted({m for s in sides for m in results[s]})
-    header = ["metric", *sides, f"challenger - {other} (mean [CI])"]
+    header = ["metric", "n", *sides, f"challenger - {other} (mean [CI])"]
     rows = []
     for metric in metrics:
-        row = [metric] + [_num(results[s].get(metric)) for s in sides]
+        row = [metric, _n_of(metric, results)] + [_num(results[s].get(metric)) for s in sides]
         if metric in scores.get("challenger", {}) and metric in scores.get(other, {}):
             ci = paired_bootstrap(
                 scores["challenger"][metric], scores[other][metric],
@@ -56,10 +56,28 @@ def _tables(decision: GateDecision, results: Mapping, policy: GatePolicy) -> lis
     if rag:
         rag_sides = list(rag["means"])
         rag_metrics = sorted({m for s in rag_sides for m in rag["means"][s]})
-        rows = [[m] + [_num(rag["means"][s].get(m)) for s in rag_sides]
+        counts, spread, repeats = rag.get("n", {}), rag.get("spread", {}), rag.get("repeats", 1)
+
+        def cell(side: str, metric: str) -> str:
+            text = _num(rag["means"][side].get(metric)) + _n(counts.get(side, {}).get(metric))
+            sd = spread.get(side, {}).get(metric, {}).get("sd")
+            return text + (f" sd {sd:.3f}" if repeats > 1 and sd is not None else "")
+
+        rows = [[m] + [cell(s, m) for s in rag_sides]
                 + [str(sum(rag["failures"].get(s, {}).get(m, 0) for s in rag_sides))] for m in rag_metrics]
-        tables.append((f"RAG scoring ({rag['mode']}, {rag['samples']} questions; judge failures are counted, "
-                       f"not dropped: {rag['failed_total']} in all)", ["metric", *rag_sides, "judge failures"], rows))
+        kind = ("judged by an LLM" if rag["mode"] == "llm"
+                else "offline string-similarity stand-ins, not judged: they never meet a judged metric's floor")
+        over = f", {repeats} repeats (mean and sd over them)" if repeats > 1 else ""
+        title = (f"RAG scoring ({kind}; {rag.get('questions', rag['samples'])} questions{over}; a mean is over its n, "
+                 f"the samples that scored; judge failures are counted, not dropped: {rag['failed_total']} in all)")
+        calls = rag.get("calls")
+        if calls:
+            title += (f"; judge calls {calls['judge_calls']}, from cache {calls['cached_calls']}, tokens "
+                      f"{calls['tokens']}" + (f" of {calls['token_budget']}" if calls["token_budget"] else "")
+                      + (f", cost {calls['cost']:.4f}" if calls["cost"] else ""))
+        if rag.get("partial"):
+            title = "PARTIAL: the judge's token budget ran out; " + title
+        tables.append((title, ["metric (rag_ + name)", *rag_sides, "judge failures"], rows))
 
     examples = results.get("examples", [])
     if examples and other in sides:
@@ -120,6 +138,20 @@ def render_html(decision: GateDecision, results: Mapping, policy: GatePolicy | N
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _n_of(metric: str, results: Mapping) -> str:
+    """The n behind a metric's means: per-example scores, the perplexity split, or the examples."""
+    per_example = results.get("scores", {}).get("challenger", {}).get(metric)
+    if per_example is not None:
+        return str(len(per_example))
+    if metric == "perplexity" and "perplexity_n_examples" in results:
+        return str(results["perplexity_n_examples"])
+    return str(results.get("n_examples", ""))
+
+
+def _n(count) -> str:
+    return "" if count is None else f" (n={count})"
 
 
 def _num(value) -> str:

@@ -456,7 +456,11 @@ def _add_eval_verb(verbs) -> None:
 def cmd_eval(args) -> int:
     import os
 
+    # Every path is checked before the config is composed or a model loads: a typo costs seconds.
+    check_eval_inputs(args.splits, args.adapter, args.champion, args.out)
     cfg = _compose("finetune", args.overrides)
+    if args.champion is None and cfg.eval.champion:
+        _check_champion(cfg.eval.champion, "eval.champion")
     splits = args.splits
     if not splits:
         from modelchain.components.data_prep.logic import prepare_from_config
@@ -465,10 +469,57 @@ def cmd_eval(args) -> int:
         prepare_from_config(cfg.data, cfg.model, splits)
     from modelchain.pipelines.evaluate_and_gate import evaluate_and_gate
 
-    decision = evaluate_and_gate(cfg, splits, args.adapter, args.out, champion=args.champion)
+    decision, run_id = evaluate_and_gate(cfg, splits, args.adapter, args.out, champion=args.champion, progress=True)
     print("\n".join(decision.reasons))
-    print(f"gate: {'passed' if decision.passed else 'refused'}; report {os.path.join(args.out, 'gate_report.md')}")
+    print(f"gate: {'passed' if decision.passed else 'refused'}; report {os.path.join(args.out, 'gate_report.md')}; "
+          f"MLflow run {run_id}")
     return 0 if decision.passed else GATE_REFUSED
+
+
+SPLIT_FILES = ("test.jsonl", "val.jsonl")  # evaluate reads test (val when test is empty), perplexity val
+CHAMPION_URI = r"models:/[^/@\s]+(@[\w-]+|/\d+)"
+
+
+def check_eval_inputs(splits: str | None, adapter: str, champion: str | None, out: str) -> None:
+    """`modelchain eval`'s paths, checked with the standard library only; a CliError names the first bad one."""
+    import os
+
+    if splits is not None:
+        if not os.path.isdir(splits):
+            raise CliError(f"--splits {splits}: no such folder (prepared splits, e.g. from `modelchain data prep`)")
+        if not any(os.path.isfile(os.path.join(splits, f)) and os.path.getsize(os.path.join(splits, f))
+                   for f in SPLIT_FILES):
+            raise CliError(f"--splits {splits}: neither {' nor '.join(SPLIT_FILES)} holds any example")
+        if not os.path.isfile(os.path.join(splits, "data_card.json")):
+            raise CliError(f"--splits {splits}: no data_card.json (the MLflow run records it; "
+                           "`modelchain data prep` writes it)")
+    if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+        what = "no such folder" if not os.path.isdir(adapter) else "no adapter_config.json (not a LoRA adapter folder)"
+        raise CliError(f"--adapter {adapter}: {what}")
+    if champion:
+        _check_champion(champion, "--champion")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CliError(f"--out {out}: exists and is not a folder")
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: {parent} is not a writable folder")
+
+
+def _check_champion(champion: str, where: str) -> None:
+    """auto, none, models:/NAME@ALIAS, models:/NAME/VERSION or an adapter folder (the registry is asked later)."""
+    import os
+    import re
+
+    if champion.strip().lower() in ("", "auto", "none"):  # eval/champion.py: the registry's alias, or none
+        return
+    if champion.startswith("models:/"):
+        if not re.fullmatch(CHAMPION_URI, champion):
+            raise CliError(f"{where} {champion}: not models:/NAME@ALIAS or models:/NAME/VERSION")
+    elif not os.path.isfile(os.path.join(champion, "adapter_config.json")):
+        raise CliError(f"{where} {champion}: neither auto, none, a models:/ URI nor an adapter folder "
+                       "(no adapter_config.json)")
 
 
 def main(argv: list[str] | None = None) -> int:

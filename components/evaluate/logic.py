@@ -31,6 +31,7 @@ def run(
     results_path: str | Path,
     champion: str | None = None,
     registered_model: str = "",
+    progress: bool = False,
 ) -> dict:
     """Writes per-example results to `results_path` (JSON) and returns them.
 
@@ -38,7 +39,7 @@ def run(
     given, replaces `ev.champion`; `registered_model` is the model whose `champion` alias
     `eval.champion=auto` compares with (eval/champion.py). How the champion was resolved is
     recorded as `champion_resolution`; a champion that could not be compared leaves it `failed`
-    and the gate refuses.
+    and the gate refuses. `progress` shows a bar per side while it generates.
     """
     from modelchain.core.models import base_model_from_settings
     from modelchain.eval.generation import generate
@@ -52,6 +53,10 @@ def run(
     val_rows = _split(splits_dir, "val")[: ev.max_examples]
     prompts = [row["messages"][:-1] for row in rows]
     references = [row["messages"][-1]["content"] for row in rows]
+    if ev.rag_questions > 0:  # the judge's token budget is checked before any model loads
+        from modelchain.eval.rag import check_judge_budget
+
+        check_judge_budget(ev, rag, rows, 2 if champion else 1)
     base_dir = base_model_from_settings(model)
     adapters = {"base": None, "challenger": Path(adapter_dir)}
     resolution = champions.resolve(champion, registered_model, cluster.mlflow.tracking_uri)
@@ -63,7 +68,8 @@ def run(
     for side, adapter in list(adapters.items()):
         try:
             answers[side] = generate(
-                base_dir, prompts, adapter_dir=adapter, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size
+                base_dir, prompts, adapter_dir=adapter, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                progress=progress, desc=f"answering ({side})",
             )
             scored = score_examples(answers[side], references)
             scores[side] = {m: scored[m] for m in ANSWER_METRICS}
@@ -93,6 +99,7 @@ def run(
         "n_examples": len(rows),
         "split": split,
         "perplexity_split": "val",
+        "perplexity_n_examples": len(val_rows),
         "champion_uri": resolution.uri,
         "champion_resolution": resolution.to_dict(),
         "sides": list(adapters),

@@ -79,7 +79,7 @@ def decide_results(results: dict, policy: GatePolicy) -> GateDecision:
     summary = {side: dict(results[side]) for side in sides}
     for side, means in (results.get("rag") or {}).get("means", {}).items():
         summary.setdefault(side, {}).update({f"rag_{m}": v for m, v in means.items()})
-    return decide(scores, policy, summary, results.get("champion_resolution"))
+    return decide(scores, policy, summary, champion=results.get("champion_resolution"), rag=results.get("rag"))
 
 
 def decision_metrics(decision: GateDecision) -> dict[str, float]:

@@ -27,11 +27,27 @@ def args(tiny_model, dataset, adapter, out, *extra):
             *extra, "--adapter", str(adapter), "--out", str(out)]
 
 
-def test_eval_passes_then_refuses_with_a_champion(tmp_path, tiny_model, routing_dataset, adapter):
+def test_eval_passes_then_refuses_with_a_champion(tmp_path, tiny_model, routing_dataset, adapter, monkeypatch):
     out = tmp_path / "passed"
     done = run_cli(*args(tiny_model, routing_dataset, adapter, out, "--champion", str(adapter)), home=tmp_path / "home")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "gate: passed" in done.stdout
+    for side in ("base", "challenger", "champion"):
+        assert f"answering ({side})" in done.stderr  # a progress bar per side
+    run_id = json.loads((out / "decision.json").read_text())["mlflow_run_id"]
+    assert f"MLflow run {run_id}" in done.stdout
+
+    # The MLflow run is the pipeline gate step's own: decision, reasons, metrics and reports.
+    from modelchain.core import registry
+    from modelchain.core.config import compose
+
+    monkeypatch.setenv("MODELCHAIN_HOME", str(tmp_path / "home"))
+    run = registry.client(compose("finetune", []).cluster.mlflow.tracking_uri).get_run(run_id)
+    assert run.data.tags["gate.decision"] == "passed" and "no_regression.exact_match" in run.data.tags["gate.reasons"]
+    assert {"challenger.exact_match", "champion.exact_match", "base.perplexity", "gate.passed"} <= set(run.data.metrics)
+    client = registry.client(compose("finetune", []).cluster.mlflow.tracking_uri)
+    reports = {a.path for a in client.list_artifacts(run_id, "reports")}
+    assert {"reports/gate_report.md", "reports/gate_report.html"} <= reports
     results = json.loads((out / "results.json").read_text())
     assert results["split"] == "test" and results["sides"] == ["base", "challenger", "champion"]
     assert math.isfinite(results["challenger"]["perplexity"]) and results["challenger"]["perplexity"] > 1
@@ -73,17 +89,23 @@ def test_rag_scoring_for_challenger_and_champion_counts_judge_failures(tmp_path,
     with JudgeStub(faults={"JSON format": "malformed"}) as stub:  # every judge answer is broken
         cfg = compose("finetune", [
             "model=local_dir", f"model.path={tiny_model}", f"data.source.uri={routing_dataset}", "eval=smoke",
-            "eval.rag_questions=3", f"eval.judge_base_url={stub.base_url}", "eval.judge_model=stub",
-            "eval.judge_timeout_s=5", "eval.judge_retries=0",
+            "eval.rag_questions=3", f"eval.judge.base_url={stub.base_url}", "eval.judge.model=stub",
+            "eval.judge.timeout_s=5", "eval.judge.retries=0", "eval.judge.repeats=2",
+            f"eval.judge.cache_dir={tmp_path / 'judge-cache'}",
         ])
         prepare_from_config(cfg.data, cfg.model, tmp_path / "splits")
         rows = read_jsonl(tmp_path / "splits" / "test.jsonl")[:3]
         out = score_rag_for_sides(cfg.eval, cfg.rag, rows, tiny_model, {"challenger": adapter, "champion": adapter},
                                   retriever=FakeRetriever())
-    assert out["mode"] == "llm" and out["samples"] == 3 and set(out["means"]) == {"challenger", "champion"}
-    # Every judged task fails, and each failure is counted under its metric and side.
-    assert out["failures"]["challenger"] == {name: 3 for name in JUDGED}
-    assert out["failed_total"] == 2 * 3 * len(JUDGED) and out["errors"]
+    assert out["mode"] == "llm" and out["questions"] == 3 and out["repeats"] == 2 and out["samples"] == 6
+    assert set(out["means"]) == {"challenger", "champion"}
+    # Every judged task fails, and each failure is counted under its metric, side and repeat.
+    assert out["failures"]["challenger"] == {name: 6 for name in JUDGED}
+    assert out["n"]["challenger"] == {name: 0 for name in JUDGED}  # no mean is over a failed sample
+    assert out["failed_total"] == 2 * 6 * len(JUDGED) and out["errors"]
+    assert out["spread"]["challenger"]["faithfulness"]["repeats"] == 0 and not out["partial"]
+    # The champion is the same adapter, so its answers and prompts are the challenger's: all from the cache.
+    assert out["calls"]["judge_calls"] > 0 and out["calls"]["cached_calls"] == out["calls"]["judge_calls"]
 
 
 def test_lm_eval_harness_task_from_the_test_split(tiny_model, adapter):

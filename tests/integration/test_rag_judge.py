@@ -4,6 +4,7 @@ import math
 import time
 
 import pytest
+from omegaconf import OmegaConf
 
 from modelchain.eval import rag
 from modelchain.eval.gate import GatePolicy, decide
@@ -63,26 +64,28 @@ def test_no_judge_means_offline_metrics():
     result = rag.score(rag.samples(QUESTIONS, ["the billing team", "nowhere", "", "the original card"], CONTEXTS, REFERENCES),
                        metrics)
     assert sum(result.failures.values()) == 0, result.errors
-    assert result.values["exact_match"] == [1.0, 0.0, 0.0, 1.0]
-    assert result.means()["string_similarity"] > 0.3
+    assert result.values["offline_exact_match"] == [1.0, 0.0, 0.0, 1.0]
+    assert result.means()["offline_string_similarity"] > 0.3
+    assert result.counts() == {name: 4 for name in rag.OFFLINE}
+    assert not set(rag.OFFLINE) & set(rag.JUDGED)  # a string similarity never carries a judged metric's name
 
 
-def eval_config(**values):
-    """A typed eval group, as a step receives it."""
+def eval_config(**judge):
+    """A typed eval group, as a step receives it, with these eval.judge values."""
     from omegaconf import OmegaConf
 
-    from modelchain.core.config import EvalConfig
+    from modelchain.core.config import EvalConfig, JudgeConfig
 
-    return OmegaConf.structured(EvalConfig(name="test", **values))
+    return OmegaConf.structured(EvalConfig(name="test", judge=JudgeConfig(**judge)))
 
 
 def test_the_judge_is_picked_by_config():
-    offline = rag.open_judge(eval_config(judge_base_url=""))
+    offline = rag.open_judge(eval_config(base_url=""))
     assert isinstance(offline, rag.OfflineJudge) and offline.mode == "offline"
     assert set(offline.metrics()) == set(rag.OFFLINE)
     assert offline.limits() == {"concurrency": 8, "timeout_s": 60.0, "retries": 2}  # score()'s own defaults
-    judge = rag.open_judge(eval_config(judge_base_url="http://127.0.0.1:1/v1", judge_model="m", judge_concurrency=3,
-                                       judge_timeout_s=2, judge_retries=0, judge_api_key_env="NO_SUCH_KEY_VAR"))
+    judge = rag.open_judge(eval_config(base_url="http://127.0.0.1:1/v1", model="m", concurrency=3,
+                                       timeout_s=2, retries=0, api_key_env="NO_SUCH_KEY_VAR"))
     assert isinstance(judge, rag.OpenAIJudge) and judge.mode == "llm"
     assert (judge.concurrency, judge.timeout_s, judge.retries, judge.api_key) == (3, 2.0, 0, "none")
     assert judge.base_url == "http://127.0.0.1:1/v1" and judge.model == "m"
@@ -91,7 +94,7 @@ def test_the_judge_is_picked_by_config():
 
 def test_the_judge_key_comes_from_the_named_variable(monkeypatch):
     monkeypatch.setenv("MY_JUDGE_KEY", "k-123")
-    judge = rag.open_judge(eval_config(judge_base_url="http://127.0.0.1:1/v1", judge_model="m", judge_api_key_env="MY_JUDGE_KEY"))
+    judge = rag.open_judge(eval_config(base_url="http://127.0.0.1:1/v1", model="m", api_key_env="MY_JUDGE_KEY"))
     assert judge.api_key == "k-123"
 
 
@@ -99,3 +102,33 @@ def test_the_judge_key_comes_from_the_named_variable(monkeypatch):
 def test_concurrency_does_not_change_scores(concurrency):
     with JudgeStub(latency_s=0.01) as stub:
         assert judged(stub, concurrency=concurrency).values == judged(stub, concurrency=8).values
+
+
+def test_answer_relevancy_embeds_with_its_own_embedder_never_the_chat_judge():
+    """The local default: the project's embedder (all-MiniLM-L6-v2); the chat endpoint gets no /embeddings."""
+    with JudgeStub() as stub:
+        result = judged(stub)
+    assert result.failures["answer_relevancy"] == 0, result.errors
+    assert all(0.0 <= v <= 1.0 for v in result.values["answer_relevancy"])
+    assert stub.paths.get("/v1/chat/completions", 0) > 0 and "/v1/embeddings" not in stub.paths
+
+
+def test_answer_relevancy_embeds_at_the_configured_endpoint():
+    from modelchain.core.config import EmbeddingConfig
+
+    with JudgeStub() as chat, JudgeStub() as embeddings_server:
+        embedding = OmegaConf.structured(EmbeddingConfig(runtime="openai", endpoint=embeddings_server.base_url,
+                                                         name="embedder", dim=16))
+        judge = rag.OpenAIJudge(base_url=chat.base_url, model="stub-judge", embedding=embedding)
+        result = rag.score(rag.samples(QUESTIONS, ANSWERS, CONTEXTS, REFERENCES),
+                           {"answer_relevancy": judge.metrics()["answer_relevancy"]}, **judge.limits())
+    assert result.failures == {"answer_relevancy": 0}, result.errors
+    assert embeddings_server.paths.get("/v1/embeddings", 0) > 0 and "/v1/chat/completions" not in embeddings_server.paths
+    assert "/v1/embeddings" not in chat.paths
+
+
+def test_the_embedder_is_picked_by_config():
+    judge = rag.open_judge(eval_config(base_url="http://127.0.0.1:1/v1", model="m"))
+    assert judge.embedding.runtime == "torch" and judge.embedding.endpoint is None  # the project's local embedder
+    [vector] = rag.ProjectEmbeddings(judge.embedding).embed_texts(["Who routes billing tickets?"])
+    assert len(vector) == 384

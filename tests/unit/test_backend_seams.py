@@ -3,7 +3,7 @@ implementation is picked by at least one option.
 
 The seams are registries by name (no Hydra `_target_`): the training backend
 (`cluster.training.backend`), the serving engine (`serve.engine`), the vector store
-(`rag.milvus.backend`) and the judge endpoint (`eval.judge_base_url`). Opening one here
+(`rag.milvus.backend`) and the judge endpoint (`eval.judge.base_url`). Opening one here
 builds the object without starting or connecting anything.
 """
 
@@ -55,8 +55,8 @@ def test_every_registered_backend_is_picked_by_some_option():
 
 
 def test_the_judge_is_picked_by_its_endpoint():
-    offline = compose("finetune", ["eval.judge_base_url="])
-    online = compose("finetune", ["eval.judge_base_url=http://127.0.0.1:9/v1", "eval.judge_model=judge"])
+    offline = compose("finetune", ["eval.judge.base_url="])
+    online = compose("finetune", ["eval.judge.base_url=http://127.0.0.1:9/v1", "eval.judge.model=judge"])
     assert type(eval_rag.open_judge(offline.eval)) is eval_rag.JUDGES["offline"]
     assert type(eval_rag.open_judge(online.eval)) is eval_rag.JUDGES["openai"]
 

@@ -182,7 +182,7 @@ def test_report_says_why_with_intervals_and_worst_examples():
     assert "## Comparisons and their power (95% two-sided paired bootstrap intervals" in text
     assert "a one-sided test at 97.5%" in text
     assert "FAIL no_regression.exact_match" in text
-    assert "| exact_match | 0.000 | 1.000 | 0.900 | -0.100 [" in text
+    assert "| exact_match | 30 | 0.000 | 1.000 | 0.900 | -0.100 [" in text
     assert "Worst 10 examples: challenger beside champion" in text and "| q0 | billing | billing | shipping |" in text
     assert "judge failures are counted, not dropped: 2 in all" in text
     page = render_html(decision, results, POLICY)
