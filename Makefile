@@ -92,7 +92,7 @@ demo: setup setup-serve
 # Lint first (the import contracts are part of the suite), then every environment the tests
 # use, the components image included: the in-image pipeline test runs in it.
 test: lint setup setup-nemo setup-serve image
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -m "not e2e and not slow"
