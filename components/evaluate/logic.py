@@ -53,14 +53,14 @@ def run(
     val_rows = _split(splits_dir, "val")[: ev.max_examples]
     prompts = [row["messages"][:-1] for row in rows]
     references = [row["messages"][-1]["content"] for row in rows]
+    resolution = champions.resolve(champion, registered_model, cluster.mlflow.tracking_uri)
+    print(f"champion: {resolution.reason}")
     if ev.rag_questions > 0:  # the judge's token budget is checked before any model loads
         from modelchain.eval.rag import check_judge_budget
 
-        check_judge_budget(ev, rag, rows, 2 if champion else 1)
+        check_judge_budget(ev, rag, rows, 2 if resolution.status == champions.RESOLVED else 1)
     base_dir = base_model_from_settings(model)
     adapters = {"base": None, "challenger": Path(adapter_dir)}
-    resolution = champions.resolve(champion, registered_model, cluster.mlflow.tracking_uri)
-    print(f"champion: {resolution.reason}")
     if resolution.status == champions.RESOLVED:
         adapters["champion"] = Path(resolution.path)
 

@@ -117,5 +117,5 @@ def test_an_over_budget_run_is_refused_before_any_model_answers(tmp_path):
                                "eval.judge.model=judge", "eval.judge.max_tokens=5000"])
     with pytest.raises(ValueError, match=r"eval.judge.max_tokens: about \d+ judge tokens needed \(16 tasks\)"):
         evaluate(cfg.model, cfg.eval, cfg.cluster, cfg.rag, tmp_path / "splits", tmp_path / "adapter",
-                 tmp_path / "results.json")
+                 tmp_path / "results.json", registered_model="nothing-registered-yet")
     assert not (tmp_path / "results.json").exists()
