@@ -407,10 +407,13 @@ class TaintConfig:
 
 @dataclass
 class TrainingClusterConfig:
-    """Where the finetune step trains (cluster.training): the backend, and the PyTorchJob's settings."""
+    """Where the finetune step trains (cluster.training): the backend, and the cluster job's settings."""
 
-    # A name registered in modelchain.training.backends: local (this machine) | pytorchjob.
+    # A name registered in modelchain.training.backends: local (this machine) | trainjob
+    # (Kubeflow Trainer v2) | pytorchjob (the legacy training operator).
     backend: str = "local"
+    # The ClusterTrainingRuntime a TrainJob runs on; `modelchain render infra` writes it.
+    runtime: str = "modelchain-nemo"
     image: str = "nvcr.io/nvidia/nemo:25.07"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[TolerationConfig] = field(default_factory=list)

@@ -118,6 +118,11 @@ def nemo_spec(cfg, name: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- manifests
 
 
+def entrypoint_args() -> list[str]:
+    """What torchrun runs on every node, on every cluster backend: the entrypoint and its spec."""
+    return [f"{CODE_DIR}/nemo_entrypoint.py", "--spec", f"{CODE_DIR}/spec.json"]
+
+
 def build_config_map(cfg, name: str):
     """The entrypoint, the LoRA name map it imports, and spec.json, as a ConfigMap."""
     from kubernetes import client as k8s
@@ -155,9 +160,7 @@ def build_job(cfg, name: str):
         "--node-rank=$(PET_NODE_RANK)",
         "--master-addr=$(MASTER_ADDR)",
         "--master-port=$(MASTER_PORT)",
-        f"{CODE_DIR}/nemo_entrypoint.py",
-        "--spec",
-        f"{CODE_DIR}/spec.json",
+        *entrypoint_args(),
     ]
     env = {
         **dict(training.env),
