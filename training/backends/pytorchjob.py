@@ -58,7 +58,16 @@ class PyTorchJobBackend:
 
     def check_config(self, cfg, need) -> None:
         """What a PyTorchJob running the NeMo recipe needs to be placeable and well-shaped."""
-        train, training = cfg.train, cfg.cluster.training
+        from modelchain.training.nemo_entrypoint import recipe_problem
+        from modelchain.training.pytorchjob import cluster_weights
+
+        train, training, model = cfg.train, cfg.cluster.training, cfg.model
+        problem = recipe_problem(model.nemo_recipe, model.hf_id, model.family)
+        need(problem is None, "model.nemo_recipe", problem or "")
+        weights = cluster_weights(model)
+        need(bool(weights) and str(weights).startswith("/"), "model.cluster_path",
+             f"the training pods read model {model.name!r} from a path on FSx (e.g. {cfg.cluster.fsx.mount_path}/models/...), "
+             f"never from the hub; got {weights!r}")
         need(training.instance_type in INSTANCE_GPUS, "cluster.training.instance_type",
              f"unknown GPU instance type {training.instance_type!r}; known: {', '.join(sorted(INSTANCE_GPUS))}")
         gpus = INSTANCE_GPUS.get(training.instance_type, training.gpus_per_node)
