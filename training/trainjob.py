@@ -202,7 +202,11 @@ def submit_and_wait(
     name, runtime_name = job["metadata"]["name"], job["spec"]["runtimeRef"]["name"]
     try:
         client.get_runtime(runtime_name)
-    except RuntimeError:
+    except RuntimeError as exc:
+        status = getattr(exc.__cause__, "status", None)  # the API's answer, when there was one
+        if status not in (None, 404):
+            raise TrainingJobError(f"cluster.training.runtime: {RUNTIME_KIND} {runtime_name!r} cannot be read "
+                                   f"(HTTP {status}: {getattr(exc.__cause__, 'reason', '')})") from None
         raise TrainingJobError(
             f"cluster.training.runtime: {RUNTIME_KIND} {runtime_name!r} is not installed on the cluster; "
             f"apply the manifests of `modelchain render infra cluster=eks` first"

@@ -88,6 +88,13 @@ def test_a_runtime_missing_on_the_cluster_creates_nothing(cfg):
     assert not server.find("POST") and not server.find("PATCH")
 
 
+def test_a_runtime_the_step_may_not_read_is_not_called_missing(cfg):
+    with KubeReplay("trainjob_runtime_forbidden") as server, pytest.raises(trainjob.TrainingJobError) as err:
+        submit(server, cfg)
+    assert str(err.value) == "cluster.training.runtime: ClusterTrainingRuntime 'modelchain-nemo' cannot be read (HTTP 403: Forbidden)"
+    assert not server.find("POST")
+
+
 def test_oom_killed_names_the_reason_and_the_log_tail(cfg):
     with KubeReplay("trainjob_oom_killed") as server, pytest.raises(trainjob.TrainingJobError) as err:
         submit(server, cfg)
