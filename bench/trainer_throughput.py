@@ -1,6 +1,6 @@
-"""Local LoRA trainer throughput against a plain Hugging Face Trainer + peft.
+"""Local LoRA trainer throughput against a plain Hugging Face Trainer + peft, and TRL's SFTTrainer.
 
-    python -m modelchain.bench.trainer_throughput [--model tiny|smollm2] [--steps N] [--repeats N]
+    python -m modelchain.bench.trainer_throughput [--model tiny|smollm2] [--steps N] [--repeats N] [--baselines hf,trl]
 
 Both sides fine-tune the same LoRA (the demo settings: rank 8, alpha 16, dropout 0.05, all
 seven projections) on the same base model, on the same generated support-ticket chats of
@@ -10,8 +10,11 @@ conversations a step), one process each, the same torch threads:
 
 - modelchain: ``train_lora()`` with packing (several conversations per row, per-example
   attention, logits only where an answer token is predicted);
-- baseline: ``transformers.Trainer`` with ``DataCollatorForSeq2Seq`` (dynamic padding to the
-  longest conversation of each micro-batch), the model's own loss over the answer labels.
+- baseline ``hf``: ``transformers.Trainer`` with ``DataCollatorForSeq2Seq`` (dynamic padding to the
+  longest conversation of each micro-batch), the model's own loss over the answer labels;
+- baseline ``trl``: TRL's ``SFTTrainer`` (``trl`` 1.16.0, the tool most users would pick) with
+  ``packing=True, padding_free=True`` and answer-only loss on the same encoded conversations
+  (see ``run_trl``); its batches are packed rows, so its loss curve is not step-for-step ours.
 
 The baseline reads the conversations in the very order our trainer does (sequential
 sampling of the same list) and uses the same AdamW, learning-rate schedule and gradient
@@ -19,8 +22,9 @@ clipping, so the two loss curves differ only by dropout masks and summation orde
 final losses can be compared directly. Each side runs in its own subprocess, alternating,
 and the figures are medians over ``--repeats``.
 
-Prints useful (non-padding) tokens/s of each side, the ratio (target >= 1.3), each side's
-padding fraction and final loss; exits 1 when the final losses differ by more than
+Prints useful (non-padding) tokens/s of each side, the ratios (targets: >= 1.3 over the HF
+Trainer, >= 1.5 over TRL), each side's padding fraction and final loss; exits 1 when a side
+trained on other tokens, or when our final loss and the HF Trainer's differ by more than
 ``--loss-rtol`` (default 3%: the dropout masks differ between the sides, and a step's loss
 moves by about that much with the masks alone).
 """
@@ -184,6 +188,100 @@ def run_hf(args) -> dict:
     }
 
 
+def run_trl(args) -> dict:
+    """TRL's SFTTrainer as its users would pick it: packing + padding-free batches, answer-only loss.
+
+    It gets the tokens our trainer gets (the same encoded conversations, in the same order,
+    with the same answer-only targets as `completion_mask`), the same LoRA, AdamW, schedule
+    shape and clipping. TRL packs the run's conversations into rows of `max_seq_len`
+    (best-fit decreasing) and feeds them padding-free with per-conversation position ids
+    (sdpa builds the block-diagonal mask from them); the batch size in rows is chosen so the
+    run takes at most our number of optimizer steps and sees every conversation once.
+    bf16 and gradient checkpointing are off, as on our side.
+    """
+    import math
+    import time
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+    from trl.data_utils import pack_dataset
+
+    from modelchain.core.models import cpu_threads
+    from modelchain.training.local_trainer import _lr_factor, encode_example, load_chat_rows
+    from modelchain.training.lora_targets import nemo_to_hf
+    from modelchain.training.packing import global_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    rows = load_chat_rows(args.data)
+    examples = [encode_example(tokenizer, messages, args.max_seq_len) for messages in rows]
+    size = args.batch_size * args.grad_accum
+    order = [i for step in range(args.steps) for i in global_batch(step, len(examples), size, 0)]
+    dataset = Dataset.from_list([
+        {"input_ids": examples[i].input_ids, "completion_mask": [int(label != -100) for label in examples[i].labels]}
+        for i in order
+    ])
+
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model.config.use_cache = False
+    torch.set_num_threads(cpu_threads(model))
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
+                      target_modules=nemo_to_hf(["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]))
+
+    # Size the batch from the rows TRL's packing (the same call its trainer makes) gives.
+    packed = len(pack_dataset(dataset, args.max_seq_len, "bfd"))
+    rows_per_batch = math.ceil(packed / (args.steps * args.grad_accum))
+    steps = math.ceil(math.ceil(packed / rows_per_batch) / args.grad_accum)
+
+    counted = {"tokens": 0}
+    clock = {}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            clock["start"] = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            clock["end"] = time.perf_counter()
+
+    config = SFTConfig(
+        output_dir=str(Path(args.workdir) / "trl-out"), per_device_train_batch_size=rows_per_batch,
+        gradient_accumulation_steps=args.grad_accum, max_steps=steps, max_grad_norm=1.0,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+        train_sampling_strategy="sequential", shuffle_dataset=False, disable_tqdm=True, seed=0, bf16=False,
+        gradient_checkpointing=False, packing=True, padding_free=True, max_length=args.max_seq_len,
+        completion_only_loss=True,
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora, callbacks=[Clock()])
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    warmup = max(1, round(0.1 * steps))
+    trainer.optimizer = optimizer
+    trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
+    collate = trainer.data_collator
+
+    def counting_collator(features):
+        batch = collate(features)
+        counted["tokens"] += int(batch["input_ids"].numel())  # padding-free: every token is real
+        return batch
+
+    trainer.data_collator = counting_collator
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "useful_tokens": counted["tokens"],
+        "seconds": clock["end"] - clock["start"],
+        "padding_fraction": 0.0,
+        "final_loss": losses[-1],
+        "losses": losses,
+        "threads": torch.get_num_threads(),
+        "steps": steps,
+    }
+
+
 # ---------------------------------------------------------------------------- driver
 
 
@@ -215,8 +313,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loss-rtol", type=float, default=0.03)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--baselines", default="hf,trl", help="comma-separated: hf (Trainer + padding), trl (SFTTrainer)")
     # One side in this process (used by the driver).
-    parser.add_argument("--side", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["ours", "hf", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -224,7 +323,7 @@ def main(argv=None) -> int:
     args.lr = args.lr or (5e-3 if args.model == "tiny" else 1e-3)
 
     if args.side:
-        result = run_ours(args) if args.side == "ours" else run_hf(args)
+        result = {"ours": run_ours, "hf": run_hf, "trl": run_trl}[args.side](args)
         print(json.dumps(result))
         return 0
 
@@ -235,9 +334,15 @@ def main(argv=None) -> int:
         print(f"model {args.model} ({model_path}), {args.rows} chats, {args.steps} steps x "
               f"{args.batch_size} x {args.grad_accum} conversations, max_seq_len {args.max_seq_len}, "
               f"{args.repeats} repeats", flush=True)
-        runs: dict[str, list[dict]] = {"ours": [], "hf": []}
+        baselines = [b for b in args.baselines.split(",") if b]
+        unknown = sorted(set(baselines) - {"hf", "trl"})
+        if unknown or not baselines:
+            raise SystemExit(f"--baselines: unknown {', '.join(unknown) or '(none given)'}; choose from hf, trl")
+        sides = ["ours", *baselines]
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
         for repeat in range(args.repeats):
-            for side in ("hf", "ours") if repeat % 2 else ("ours", "hf"):
+            # Alternate the order so a slow or busy moment does not always land on one side.
+            for side in sides if repeat % 2 == 0 else list(reversed(sides)):
                 result = _side(side, args, model_path, data, workdir)
                 runs[side].append(result)
                 print(f"  repeat {repeat + 1} {side:4s}: {result['useful_tokens'] / result['seconds']:8.0f} useful tok/s, "
@@ -246,20 +351,25 @@ def main(argv=None) -> int:
     def median(side, key):
         return statistics.median(r[key] for r in runs[side])
 
+    labels = {"ours": "modelchain (packed)", "hf": "HF Trainer (padded)", "trl": "TRL SFTTrainer (packed)"}
+    targets = {"hf": 1.3, "trl": 1.5}
     rate = {side: statistics.median(r["useful_tokens"] / r["seconds"] for r in runs[side]) for side in runs}
-    ratio = rate["ours"] / rate["hf"]
-    loss_ours, loss_hf = median("ours", "final_loss"), median("hf", "final_loss")
-    loss_gap = abs(loss_ours - loss_hf) / loss_hf
-    same_tokens = runs["ours"][0]["useful_tokens"] == runs["hf"][0]["useful_tokens"]
-    print(f"useful tokens per run: ours {runs['ours'][0]['useful_tokens']}, HF Trainer {runs['hf'][0]['useful_tokens']}"
-          f"{'' if same_tokens else '  (DIFFERENT: the sides did not train on the same data)'}")
-    print(f"threads: ours {runs['ours'][0]['threads']}, HF Trainer {runs['hf'][0]['threads']}")
-    print(f"{'':24s}{'useful tok/s':>14s}{'padding':>10s}{'final loss':>12s}")
-    print(f"{'modelchain (packed)':24s}{rate['ours']:14.0f}{median('ours', 'padding_fraction'):10.1%}{loss_ours:12.4f}")
-    print(f"{'HF Trainer (padded)':24s}{rate['hf']:14.0f}{median('hf', 'padding_fraction'):10.1%}{loss_hf:12.4f}")
-    print(f"ratio (useful tokens/s, medians): {ratio:.2f}x (target >= 1.3)")
-    print(f"final loss gap: {loss_gap:.2%} (tolerance {args.loss_rtol:.0%})")
-    ok = same_tokens and loss_gap <= args.loss_rtol
+    tokens = {side: runs[side][0]["useful_tokens"] for side in runs}
+    same_tokens = len(set(tokens.values())) == 1
+    print("useful tokens per run: " + ", ".join(f"{side} {n}" for side, n in tokens.items())
+          + ("" if same_tokens else "  (DIFFERENT: the sides did not train on the same data)"))
+    print("threads: " + ", ".join(f"{side} {runs[side][0]['threads']}" for side in runs))
+    print(f"{'':26s}{'useful tok/s':>14s}{'padding':>10s}{'final loss':>12s}")
+    for side in runs:
+        print(f"{labels[side]:26s}{rate[side]:14.0f}{median(side, 'padding_fraction'):10.1%}{median(side, 'final_loss'):12.4f}")
+    for side in baselines:
+        print(f"ratio over {labels[side]} (useful tokens/s, medians): {rate['ours'] / rate[side]:.2f}x "
+              f"(target >= {targets[side]})")
+    ok = same_tokens
+    if "hf" in runs:
+        loss_gap = abs(median("ours", "final_loss") - median("hf", "final_loss")) / median("hf", "final_loss")
+        print(f"final loss gap to the HF Trainer: {loss_gap:.2%} (tolerance {args.loss_rtol:.0%})")
+        ok = ok and loss_gap <= args.loss_rtol
     return 0 if ok else 1
 
 

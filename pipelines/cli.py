@@ -9,7 +9,7 @@
     modelchain lineage  MODEL[@ALIAS|/VERSION]      a model version's record, back to the data
     modelchain promote  MODEL VERSION               VERSION becomes champion (old one: previous)
     modelchain rollback MODEL                       champion goes back to previous
-    modelchain render   training|infra --out DIR    validated PyTorchJob / Karpenter + FSx manifests
+    modelchain render   training|infra --out DIR    validated TrainJob (or PyTorchJob) / Karpenter + FSx + runtime manifests
     modelchain render   serving --adapter-uri S3 --version N --adapter-sha256 D --out DIR   vLLM stable/canary + HTTPRoute
     modelchain data prep [overrides] --out DIR      the data step alone: splits, quarantine, data card
     modelchain eval [overrides] --adapter DIR --out DIR  evaluation + gate here; exit 3 when refused
@@ -337,16 +337,17 @@ def cmd_rollback(args) -> int:
 def _add_render_verb(verbs) -> None:
     p = verbs.add_parser(
         "render",
-        help="write validated cluster manifests: the training PyTorchJob, the Karpenter/FSx infra, or serving",
+        help="write validated cluster manifests: the training job, the Karpenter/FSx/runtime infra, or serving",
     )
-    p.add_argument("what", choices=("training", "infra", "serving"), help="training: ConfigMap + PyTorchJob; "
-                   "infra: NodePools, EC2NodeClass, FSx StorageClass/PV/PVC; serving: vLLM stable and canary "
+    p.add_argument("what", choices=("training", "infra", "serving"), help="training: ConfigMap + TrainJob "
+                   "(PyTorchJob with cluster.training.backend=pytorchjob); infra: NodePools, EC2NodeClass, FSx "
+                   "StorageClass/PV/PVC, ClusterTrainingRuntime; serving: vLLM stable and canary "
                    "Deployments, Services, PodDisruptionBudgets, HTTPRoute (serve=eks is implied)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the finetune config (cluster=eks is implied)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the YAML files (<kind>-<name>.yaml)")
     p.add_argument("--crd-dir", metavar="DIR", help="CRDs to validate against (default: $MODELCHAIN_CRD_DIR, "
                    "else ../shared/crds); e.g. from `kubectl get crd nodepools.karpenter.sh -o yaml`")
-    p.add_argument("--name", help="PyTorchJob name (training; default: <model>-lora-<hash of the settings>)")
+    p.add_argument("--name", help="training job name (training; default: <model>-lora-<hash of the settings>)")
     p.add_argument("--adapter-uri", metavar="URI", help="serving: the candidate model version's adapter, its s3:// "
                    "artifact URI (`modelchain lineage MODEL/N` shows it); served by the canary")
     p.add_argument("--version", metavar="N", help="serving: the candidate's model version number")

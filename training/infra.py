@@ -2,6 +2,8 @@
 
 - Karpenter v1 NodePools (`cluster.karpenter.node_pools`: training, experiment, inference) and
   the EC2NodeClass they share, set up for EFA.
+- With `cluster.training.backend=trainjob`, the Kubeflow Trainer v2 ClusterTrainingRuntime
+  (`cluster.training.runtime`) the TrainJobs run on (built in training/trainjob.py).
 - FSx for Lustre (`cluster.fsx`): a StorageClass for the FSx CSI driver with an S3 data
   repository association, and the PVC the components and training pods mount; with
   `file_system_id` set, a static PersistentVolume for that existing file system instead of
@@ -211,4 +213,8 @@ def render(cfg) -> list[dict[str, Any]]:
     if fsx.file_system_id:
         manifests.append(fsx_persistent_volume(fsx))
     manifests.append(fsx_claim(fsx, cluster.namespace))
+    if cluster.training.backend == "trainjob":
+        from modelchain.training.trainjob import runtime
+
+        manifests.append(runtime(cfg))
     return manifests

@@ -1,8 +1,9 @@
-"""NeMo 2.x LoRA fine-tuning inside the PyTorchJob: build the recipe, run it, export the adapter.
+"""NeMo 2.x LoRA fine-tuning inside the training job (TrainJob or PyTorchJob): build the recipe, run it, export the adapter.
 
 Every training pod runs `torchrun ... nemo_entrypoint.py --spec spec.json` (see
-training/pytorchjob.py, which mounts this file, lora_targets.py and spec.json from a
-ConfigMap). Global rank 0 first prepares what all ranks share on FSx (chat rows as NeMo
+training/pytorchjob.py and training/trainjob.py, which mount this file, lora_targets.py and
+spec.json from a ConfigMap). The base model is read from a path on FSx (`hf_model`), never
+from the hub. Global rank 0 first prepares what all ranks share on FSx (chat rows as NeMo
 input/output pairs, the base checkpoint imported from Hugging Face, packed sequences); the
 other ranks wait for its marker. All ranks then run the recipe; NeMo resumes from the newest
 checkpoint in the run folder when a pod restarts. Rank 0 finally exports the adapter to
@@ -41,18 +42,104 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the recipe
 
+# NeMo recipes that fix an architecture, and the Hugging Face models each one builds: a recipe
+# names its model's shape (layers, widths, heads, vocabulary), so it fits only these.
+RECIPES: dict[str, tuple[str, ...]] = {
+    "llama3_8b": ("meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B-Instruct"),
+    "llama31_8b": ("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct"),
+    "llama32_1b": ("meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-1B-Instruct"),
+    "llama32_3b": ("meta-llama/Llama-3.2-3B", "meta-llama/Llama-3.2-3B-Instruct"),
+    "qwen25_500m": ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct"),
+    "qwen25_1p5b": ("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-1.5B-Instruct"),
+    "mistral_7b": ("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.3"),
+}
+# Recipe families that take the architecture from the model's own config.json (on FSx):
+# name -> (the recipe whose training settings they start from, model.family, HF model_type).
+FAMILIES: dict[str, tuple[str, str, str]] = {
+    "hf_llama": ("llama32_1b", "llama", "llama"),  # any Llama-architecture model: SmolLM2, TinyLlama, ...
+}
+
+
+def supported() -> str:
+    fixed = ", ".join(f"{name} ({' | '.join(ids)})" for name, ids in RECIPES.items())
+    families = ", ".join(f"{name} (any model.family={family} model, shaped by its config.json)"
+                         for name, (_, family, _) in FAMILIES.items())
+    return f"{fixed}; {families}"
+
+
+def recipe_problem(recipe: Optional[str], hf_id: str, family: str) -> Optional[str]:
+    """Why `recipe` cannot build the model `hf_id` of `family` (None when it can): for config checks."""
+    if not recipe:
+        return f"model {hf_id!r} names no NeMo recipe to fine-tune on the cluster; supported: {supported()}"
+    if recipe in FAMILIES:
+        wanted = FAMILIES[recipe][1]
+        return None if family == wanted else f"{recipe} builds model.family={wanted} models, not {family!r}"
+    if recipe not in RECIPES:
+        return f"unknown NeMo recipe {recipe!r}; supported: {supported()}"
+    if hf_id not in RECIPES[recipe]:
+        families = ", ".join(n for n, (_, fam, _) in FAMILIES.items() if fam == family)
+        hint = f"; {families} takes a {family} model's own config" if families else ""
+        return f"{recipe} builds {' | '.join(RECIPES[recipe])}, not {hf_id}{hint}"
+    return None
+
+
+def llama_config_from_hf(hf_dir: str | os.PathLike, seq_length: int) -> dict[str, Any]:
+    """NeMo LlamaConfig settings from a Hugging Face config.json, mapped as NeMo's HF Llama importer does.
+
+    Read from the file itself (the importer's own `config` instantiates the Megatron config,
+    which needs Transformer Engine), so the recipe stays configuration until it runs.
+    """
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no Hugging Face config.json for model.cluster_path {hf_dir}")
+    source = json.loads(path.read_text(encoding="utf-8"))
+    if source.get("model_type") != "llama":
+        raise ValueError(f"{path}: model_type is {source.get('model_type')!r}; the hf_llama recipe builds llama models")
+    if (source.get("rope_scaling") or {}).get("rope_type") == "llama3":
+        raise ValueError(f"{path}: llama3 rope scaling; use the llama31_*/llama32_* recipe of that model")
+    vocab = source["vocab_size"]
+    divisible = 128
+    while vocab % divisible:
+        divisible //= 2
+    settings = {
+        "num_layers": source["num_hidden_layers"],
+        "hidden_size": source["hidden_size"],
+        "ffn_hidden_size": source["intermediate_size"],
+        "num_attention_heads": source["num_attention_heads"],
+        "num_query_groups": source.get("num_key_value_heads", source["num_attention_heads"]),
+        "init_method_std": source.get("initializer_range", 0.02),
+        "layernorm_epsilon": source.get("rms_norm_eps", 1e-5),
+        "rotary_base": source.get("rope_theta", 10000),
+        "gated_linear_unit": True,
+        "share_embeddings_and_output_weights": bool(source.get("tie_word_embeddings", False)),
+        "vocab_size": vocab,
+        "make_vocab_size_divisible_by": divisible,
+        "seq_length": seq_length,
+    }
+    if source.get("head_dim"):
+        settings["kv_channels"] = source["head_dim"]
+    return settings
+
 
 def build_recipe(spec: dict[str, Any]):
-    """The NeMo fine-tuning recipe (`llm.<recipe>.finetune_recipe(..., peft_scheme="lora")`) for `spec`."""
+    """The NeMo fine-tuning recipe (`llm.<recipe>.finetune_recipe(..., peft_scheme="lora")`) for `spec`.
+
+    A family recipe (FAMILIES) starts from its base recipe's training settings and replaces
+    the model with the one the base model's config.json describes.
+    """
     import nemo_run as run
     from nemo import lightning as nl
     from nemo.collections import llm
     from nemo.collections.llm.gpt.data.packed_sequence import PackedSequenceSpecs
     from nemo.lightning.pytorch.callbacks import PreemptionCallback
 
-    module = getattr(llm, spec["recipe"], None)
+    name = spec["recipe"]
+    if name not in RECIPES and name not in FAMILIES:
+        raise ValueError(f"model.nemo_recipe: unknown NeMo recipe {name!r}; supported: {supported()}")
+    base = FAMILIES[name][0] if name in FAMILIES else name
+    module = getattr(llm, base, None)
     if module is None or not hasattr(module, "finetune_recipe"):
-        raise ValueError(f"model.nemo_recipe: NeMo has no recipe llm.{spec['recipe']}.finetune_recipe")
+        raise ValueError(f"model.nemo_recipe: NeMo has no recipe llm.{base}.finetune_recipe")
     seq = spec["seq_length"]
     recipe = module.finetune_recipe(
         dir=spec["log_dir"],
@@ -63,6 +150,10 @@ def build_recipe(spec: dict[str, Any]):
         seq_length=seq,
         packed_sequence=spec["packed_sequences"],
     )
+    if name in FAMILIES:
+        from nemo.collections.llm.gpt.model.llama import LlamaConfig
+
+        recipe.model = run.Config(llm.LlamaModel, config=run.Config(LlamaConfig, **llama_config_from_hf(spec["hf_model"], seq)))
 
     lora = spec["lora"]
     recipe.peft.dim = lora["dim"]
@@ -257,7 +348,8 @@ def export_adapter(spec: dict[str, Any]) -> Path:
     llm.peft.export_lora(lora_checkpoint_path=str(checkpoint), output_path=str(tmp))
     check_adapter(tmp, spec)
     (tmp / "modelchain.json").write_text(
-        json.dumps({"base_model": spec["hf_model"], "recipe": spec["recipe"], "checkpoint": checkpoint.name}, indent=2),
+        json.dumps({"base_model": spec.get("hf_id", spec["hf_model"]), "base_model_path": spec["hf_model"],
+                    "recipe": spec["recipe"], "checkpoint": checkpoint.name}, indent=2),
         encoding="utf-8",
     )
     if target.exists():

@@ -71,6 +71,11 @@ def stage_splits(splits_dir: str | os.PathLike, dataset_root: str | os.PathLike)
     return root
 
 
+def cluster_weights(model) -> Optional[str]:
+    """Where the training pods read the base model: model.cluster_path, else model.path (absolute)."""
+    return model.cluster_path or model.path
+
+
 def _spec_inputs(cfg) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
@@ -79,15 +84,22 @@ def _spec_inputs(cfg) -> dict[str, Any]:
 
 def nemo_spec(cfg, name: str) -> dict[str, Any]:
     """What the NeMo entrypoint reads (spec.json): the recipe settings and the FSx paths."""
+    from modelchain.training.nemo_entrypoint import recipe_problem
+
     train, model, training = cfg.train, cfg.model, cfg.cluster.training
-    if not model.nemo_recipe:
-        raise ValueError(f"model.nemo_recipe: model {model.name!r} names no NeMo recipe to fine-tune on the cluster")
+    problem = recipe_problem(model.nemo_recipe, model.hf_id, model.family)
+    if problem:
+        raise ValueError(f"model.nemo_recipe: {problem}")
+    weights = cluster_weights(model)
+    if not weights:
+        raise ValueError(f"model.cluster_path: model {model.name!r} has no path the training pods read its weights from")
     folder = run_dir(cfg, name)
     return {
         "name": name,
         "recipe": model.nemo_recipe,
         "model_name": model.name,
-        "hf_model": model.path or model.hf_id,
+        "hf_model": weights,  # a Hugging Face directory on FSx: pods run with HF_HUB_OFFLINE=1
+        "hf_id": model.hf_id,  # recorded with the exported adapter, never downloaded
         "nemo_home": training.nemo_home,
         "dataset_root": f"{folder}/data",
         "log_dir": f"{folder}/nemo",  # NeMo logs; checkpoints in its checkpoints/ folder
@@ -116,6 +128,11 @@ def nemo_spec(cfg, name: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- manifests
+
+
+def entrypoint_args() -> list[str]:
+    """What torchrun runs on every node, on every cluster backend: the entrypoint and its spec."""
+    return [f"{CODE_DIR}/nemo_entrypoint.py", "--spec", f"{CODE_DIR}/spec.json"]
 
 
 def build_config_map(cfg, name: str):
@@ -155,9 +172,7 @@ def build_job(cfg, name: str):
         "--node-rank=$(PET_NODE_RANK)",
         "--master-addr=$(MASTER_ADDR)",
         "--master-port=$(MASTER_PORT)",
-        f"{CODE_DIR}/nemo_entrypoint.py",
-        "--spec",
-        f"{CODE_DIR}/spec.json",
+        *entrypoint_args(),
     ]
     env = {
         **dict(training.env),

@@ -2,7 +2,8 @@
 
 `cluster.training.backend` picks the backend by name from modelchain.training.backends:
 `local` trains here on the CPU (in process, or under torchrun with `train.procs_per_node`
-processes), `pytorchjob` runs the NeMo recipe as a PyTorchJob on the GPU pool.
+processes), `trainjob` runs the NeMo recipe as a Kubeflow Trainer v2 TrainJob on the GPU pool,
+`pytorchjob` as a legacy PyTorchJob.
 """
 
 from __future__ import annotations

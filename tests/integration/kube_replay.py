@@ -1,8 +1,9 @@
-"""A replay of the Kubernetes API for tests: recorded JSON (or text) answers, every request kept.
+"""A replay of the Kubernetes API for tests: JSON (or text) answers written by hand, every request kept.
 
 No Kubernetes API server can run on this machine (no container runtime, no kube-apiserver
-package), so code that talks to one is tested against recorded exchanges (the format is in
-replay_server.py). Requests are answered by the first unused exchange that matches them
+package), so code that talks to one is tested against exchanges written by hand after the
+API's documented objects (`recordings/kube/`, the format is in replay_server.py): nothing in
+them was recorded from a live server. Requests are answered by the first unused exchange that matches them
 (method, path and the query keys it names); a `repeat` exchange answers any number of times.
 Anything unrecorded gets a 404 Status, as the API server answers an unknown object.
 """
@@ -28,6 +29,15 @@ class KubeReplay(ReplayServer):
         configuration = Configuration()
         configuration.host = self.url
         return TrainingClient(client_configuration=configuration, namespace=namespace)
+
+    def trainer_client(self, namespace: str):
+        """A `kubeflow` SDK TrainerClient (Trainer v2) pointed at this replay (no kubeconfig read)."""
+        from kubeflow.trainer import KubernetesBackendConfig, TrainerClient
+        from kubernetes.client import Configuration
+
+        configuration = Configuration()
+        configuration.host = self.url
+        return TrainerClient(KubernetesBackendConfig(namespace=namespace, client_configuration=configuration))
 
     def not_found(self, message: str) -> dict:
         return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,

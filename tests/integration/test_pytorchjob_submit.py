@@ -1,10 +1,11 @@
-"""Submitting the PyTorchJob and waiting for it, against a replay of the Kubernetes API.
+"""Submitting the PyTorchJob and waiting for it, against hand-written Kubernetes exchanges.
 
 No Kubernetes API server can run on this machine (no container runtime, no kube-apiserver),
 so the real kubeflow-training TrainingClient (1.9.4, kubernetes client 30.1) talks to a small
-HTTP server on 127.0.0.1 that answers from recorded exchanges in `recordings/kube/`: the
-kubeflow.org/v1 PyTorchJob and core/v1 Pod, PodList, ConfigMap and Status bodies the API
-server returns, with the training operator's labels and conditions. Each test checks the
+HTTP server on 127.0.0.1 that answers from exchanges written by hand in `recordings/kube/`
+(nothing in them was recorded from a live cluster): the kubeflow.org/v1 PyTorchJob and
+core/v1 Pod, PodList, ConfigMap and Status bodies the API server returns, with the training
+operator's labels and conditions. Each test checks the
 requests the client sent, and what the step reports.
 """
 
@@ -20,8 +21,8 @@ from modelchain.training import cost, pytorchjob
 
 NS, NAME = "kubeflow-user", "llama3-8b-instruct-lora-t1"
 JOB_PATH = f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs/{NAME}"
-CLUSTER = ["cluster=eks", "model=llama3_8b", "train=cluster_8gpu"]
-# The recorded pods became unschedulable at 08:00:05 UTC.
+CLUSTER = ["cluster=eks", "cluster.training.backend=pytorchjob", "model=llama3_8b", "train=cluster_8gpu"]
+# The hand-written pods became unschedulable at 08:00:05 UTC.
 AT_08_41 = dt.datetime(2026, 11, 22, 8, 41, 5, tzinfo=dt.timezone.utc)
 
 

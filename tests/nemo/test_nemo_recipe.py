@@ -13,9 +13,25 @@ from modelchain.training import nemo_entrypoint, pytorchjob
 
 CASES = {
     "llama3_8b_2x8": ["cluster=eks", "model=llama3_8b", "train=cluster_8gpu"],
-    "llama32_1b_1x8": ["cluster=eks", "model=smollm2_135m", "train=demo", "train.procs_per_node=8",
-                       "train.nemo.packed_sequences=false", "train.lora.target_modules=[linear_qkv,linear_proj]"],
+    # SmolLM2 has no recipe of its own: hf_llama builds it from its config.json (written below).
+    "hf_llama_smollm2_1x8": ["cluster=eks", "model=smollm2_135m", "train=demo", "train.procs_per_node=8",
+                             "train.nemo.packed_sequences=false", "train.lora.target_modules=[linear_qkv,linear_proj]"],
 }
+# SmolLM2-135M-Instruct's config.json (HuggingFaceTB/SmolLM2-135M-Instruct), as it lies on FSx.
+SMOLLM2_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
+    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+    "max_position_embeddings": 8192, "rms_norm_eps": 1e-05, "rope_theta": 100000, "tie_word_embeddings": True,
+    "initializer_range": 0.041666666666666664, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
+    "torch_dtype": "bfloat16",
+}
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("SmolLM2-135M-Instruct")
+    (folder / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    return folder
 
 
 @pytest.fixture
@@ -32,8 +48,9 @@ def nemorun_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
-def case(request):
-    cfg = compose("finetune", CASES[request.param])
+def case(request, smollm2_dir):
+    overrides = CASES[request.param] + ([f"model.cluster_path={smollm2_dir}"] if "smollm2" in request.param else [])
+    cfg = compose("finetune", overrides)
     spec = pytorchjob.nemo_spec(cfg, f"t-{request.param.replace('_', '-')}")
     return cfg, spec, nemo_entrypoint.build_recipe(spec)
 
@@ -63,6 +80,30 @@ def test_recipe_follows_the_config(case):
     else:
         assert recipe.data.packed_sequence_specs is None
     assert recipe.optim.config.lr == train.learning_rate
+
+
+def test_each_recipe_builds_its_own_model(case):
+    cfg, spec, recipe = case
+    from nemo.collections.llm.gpt.model.llama import Llama3Config8B, LlamaConfig
+
+    config = recipe.model.config
+    if cfg.model.nemo_recipe == "llama3_8b":
+        assert config.__fn_or_cls__ is Llama3Config8B
+        return
+    # SmolLM2-135M's shape, from its config.json, not Llama-3.2-1B's (16 layers, 2048 wide).
+    assert config.__fn_or_cls__ is LlamaConfig
+    assert (config.num_layers, config.hidden_size, config.ffn_hidden_size) == (30, 576, 1536)
+    assert (config.num_attention_heads, config.num_query_groups) == (9, 3)
+    assert config.vocab_size == 49152 and config.share_embeddings_and_output_weights is True
+    assert config.rotary_base == 100000 and config.seq_length == cfg.train.max_seq_len
+    assert spec["hf_model"] == str(cfg.model.cluster_path) and spec["hf_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_a_family_recipe_refuses_another_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**SMOLLM2_CONFIG, "model_type": "qwen2"}))
+    cfg = compose("finetune", CASES["hf_llama_smollm2_1x8"] + [f"model.cluster_path={tmp_path}"])
+    with pytest.raises(ValueError, match="model_type is 'qwen2'; the hf_llama recipe builds llama models"):
+        nemo_entrypoint.build_recipe(pytorchjob.nemo_spec(cfg, "t-qwen"))
 
 
 def test_checkpoints_and_resume_live_on_fsx(case):

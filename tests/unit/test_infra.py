@@ -34,7 +34,13 @@ def test_renders_node_class_pools_and_fsx(manifests):
         "nodepool-gpu-inference.yaml",
         "storageclass-fsx-lustre.yaml",
         "persistentvolumeclaim-fsx-modelchain.yaml",
+        "clustertrainingruntime-modelchain-nemo.yaml",  # cluster.training.backend=trainjob, the default
     ]
+
+
+def test_the_legacy_backend_needs_no_training_runtime():
+    cfg = compose("finetune", ["cluster=eks", "cluster.training.backend=pytorchjob"])
+    assert "ClusterTrainingRuntime" not in [m["kind"] for m in infra.render(cfg)]
 
 
 def test_training_pool_on_demand_p5_p4d_never_disrupted(manifests):
@@ -158,7 +164,8 @@ def test_custom_kind_without_its_crd_is_rejected(tmp_path, manifests):
 
 def test_write_writes_nothing_when_one_manifest_is_invalid(tmp_path, manifests):
     bad = copy.deepcopy(list(manifests.values()))
-    bad[-1]["spec"]["accessModes"] = "ReadWriteMany"  # a list in the API
+    claim = next(m for m in bad if m["kind"] == "PersistentVolumeClaim")
+    claim["spec"]["accessModes"] = "ReadWriteMany"  # a list in the API
     out = tmp_path / "out"
     with pytest.raises(manifest_validation.ManifestError, match="persistentvolumeclaim-fsx-modelchain.yaml"):
         manifest_validation.write_manifests(bad, out, crd_dir())

@@ -31,9 +31,20 @@ def test_render_help_imports_nothing_heavy():
     assert "LOADED []" in out.stdout and "--crd-dir" in out.stdout
 
 
-def test_render_training_writes_a_valid_job(tmp_path):
+def test_render_training_writes_a_valid_trainjob(tmp_path):
     out = modelchain("render", "training", "model=llama3_8b", "train=cluster_8gpu", "--name", "ft-1",
                      "--out", str(tmp_path), "--crd-dir", str(crd_dir()))
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["configmap-ft-1-code.yaml", "trainjob-ft-1.yaml"]
+    job = yaml.safe_load((tmp_path / "trainjob-ft-1.yaml").read_text())
+    assert job["spec"]["trainer"]["numNodes"] == 2 and job["spec"]["trainer"]["numProcPerNode"] == 8
+    assert job["spec"]["runtimeRef"]["name"] == "modelchain-nemo"
+    manifest_validation.validate_all([job, yaml.safe_load((tmp_path / "configmap-ft-1-code.yaml").read_text())], crd_dir())
+
+
+def test_render_training_writes_a_valid_pytorchjob(tmp_path):
+    out = modelchain("render", "training", "model=llama3_8b", "train=cluster_8gpu", "cluster.training.backend=pytorchjob",
+                     "--name", "ft-1", "--out", str(tmp_path), "--crd-dir", str(crd_dir()))
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configmap-ft-1-code.yaml", "pytorchjob-ft-1.yaml"]
     job = yaml.safe_load((tmp_path / "pytorchjob-ft-1.yaml").read_text())
@@ -48,10 +59,12 @@ def test_render_infra_writes_every_manifest(tmp_path):
     assert names == sorted([
         "ec2nodeclass-gpu-efa.yaml", "nodepool-gpu-training.yaml", "nodepool-gpu-experiment.yaml",
         "nodepool-gpu-inference.yaml", "storageclass-fsx-lustre.yaml", "persistentvolumeclaim-fsx-modelchain.yaml",
+        "clustertrainingruntime-modelchain-nemo.yaml",
     ])
     assert out.stdout.split() == [str(tmp_path / n) for n in [
         "ec2nodeclass-gpu-efa.yaml", "nodepool-gpu-training.yaml", "nodepool-gpu-experiment.yaml",
-        "nodepool-gpu-inference.yaml", "storageclass-fsx-lustre.yaml", "persistentvolumeclaim-fsx-modelchain.yaml"]]
+        "nodepool-gpu-inference.yaml", "storageclass-fsx-lustre.yaml", "persistentvolumeclaim-fsx-modelchain.yaml",
+        "clustertrainingruntime-modelchain-nemo.yaml"]]
     manifest_validation.validate_all([yaml.safe_load(p.read_text()) for p in tmp_path.iterdir()], crd_dir())
 
 

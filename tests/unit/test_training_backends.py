@@ -9,9 +9,14 @@ from modelchain.core.config import ConfigError, compose
 from modelchain.training import backends
 from modelchain.training.backends.local import LocalBackend
 from modelchain.training.backends.pytorchjob import PyTorchJobBackend
+from modelchain.training.backends.trainjob import TrainJobBackend
 
 
-@pytest.mark.parametrize("overrides,kind", [([], LocalBackend), (["cluster=eks", "model=llama3_8b"], PyTorchJobBackend)])
+@pytest.mark.parametrize("overrides,kind", [
+    ([], LocalBackend),
+    (["cluster=eks", "model=llama3_8b"], TrainJobBackend),
+    (["cluster=eks", "model=llama3_8b", "cluster.training.backend=pytorchjob"], PyTorchJobBackend),
+])
 def test_each_cluster_names_its_backend(overrides, kind):
     cfg = compose("finetune", overrides)
     backend = backends.get(cfg.cluster.training.backend)
@@ -21,10 +26,10 @@ def test_each_cluster_names_its_backend(overrides, kind):
 def test_an_unknown_backend_fails_validation_naming_the_key_and_the_choices():
     with pytest.raises(ConfigError) as err:
         compose("finetune", ["cluster.training.backend=slurm"])
-    assert str(err.value) == "cluster.training.backend: unknown backend 'slurm'; registered: local, pytorchjob"
+    assert str(err.value) == "cluster.training.backend: unknown backend 'slurm'; registered: local, pytorchjob, trainjob"
     with pytest.raises(ConfigError, match="cluster.training.backend: unknown backend 'slurm'"):
         compose("rag_ingest", ["cluster.training.backend=slurm"])
-    with pytest.raises(ValueError, match="registered: local, pytorchjob"):
+    with pytest.raises(ValueError, match="registered: local, pytorchjob, trainjob"):
         backends.get("slurm")
 
 
@@ -55,4 +60,5 @@ def test_composing_a_config_loads_only_the_chosen_backend_and_nothing_heavy():
             " and m != 'modelchain.training.backends.base'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['modelchain.training.backends.pytorchjob']"
+    # The TrainJob backend is the PyTorchJob's with another job module: both are light.
+    assert out.stdout.strip() == "['modelchain.training.backends.pytorchjob', 'modelchain.training.backends.trainjob']"

@@ -16,6 +16,7 @@ from modelchain.training.backends.base import TRAINING_JOB_RECORD, TrainingBacke
 BACKENDS: dict[str, str] = {
     "local": "modelchain.training.backends.local:LocalBackend",
     "pytorchjob": "modelchain.training.backends.pytorchjob:PyTorchJobBackend",
+    "trainjob": "modelchain.training.backends.trainjob:TrainJobBackend",
 }
 
 

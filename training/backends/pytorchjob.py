@@ -17,18 +17,62 @@ from typing import Any, Callable, Optional
 from modelchain.training.backends.base import TRAINING_JOB_RECORD
 
 
+# GPUs of each GPU instance type a training pool can run (AWS EC2 documentation): a job's
+# cluster.training.gpus_per_node must match the instance type it is pinned to.
+INSTANCE_GPUS: dict[str, int] = {
+    "p6-b200.48xlarge": 8,
+    "p5en.48xlarge": 8,
+    "p5e.48xlarge": 8,
+    "p5.48xlarge": 8,
+    "p5.4xlarge": 1,
+    "p4de.24xlarge": 8,
+    "p4d.24xlarge": 8,
+    "g6e.48xlarge": 8,
+    "g6e.12xlarge": 4,
+    "g6.48xlarge": 8,
+    "g6.12xlarge": 4,
+    "g6.2xlarge": 1,
+    "g5.48xlarge": 8,
+    "g5.12xlarge": 4,
+    "g5.2xlarge": 1,
+}
+
+
 class PyTorchJobBackend:
     name = "pytorchjob"
+    # The module that renders, submits and waits for this backend's job (the TrainJob backend
+    # shares everything else: cost, staging, adapter check, lineage record, MLflow run).
+    jobs_module = "modelchain.training.pytorchjob"
 
     def __init__(self, client=None, job_name: Optional[str] = None, poll_s: float = 15.0,
                  log: Callable[[str], None] = print):
-        # A TrainingClient (default: from the pod's service account), a fixed job name and the
-        # poll period: tests point them at a replayed API server.
+        # The SDK client (default: from the pod's service account), a fixed job name and the
+        # poll period: tests point them at a hand-written exchange of the Kubernetes API.
         self.client, self.job_name, self.poll_s, self.log = client, job_name, poll_s, log
+
+    @property
+    def jobs(self):
+        import importlib
+
+        return importlib.import_module(self.jobs_module)
 
     def check_config(self, cfg, need) -> None:
         """What a PyTorchJob running the NeMo recipe needs to be placeable and well-shaped."""
-        train, training = cfg.train, cfg.cluster.training
+        from modelchain.training.nemo_entrypoint import recipe_problem
+        from modelchain.training.pytorchjob import cluster_weights
+
+        train, training, model = cfg.train, cfg.cluster.training, cfg.model
+        problem = recipe_problem(model.nemo_recipe, model.hf_id, model.family)
+        need(problem is None, "model.nemo_recipe", problem or "")
+        weights = cluster_weights(model)
+        need(bool(weights) and str(weights).startswith("/"), "model.cluster_path",
+             f"the training pods read model {model.name!r} from a path on FSx (e.g. {cfg.cluster.fsx.mount_path}/models/...), "
+             f"never from the hub; got {weights!r}")
+        need(training.instance_type in INSTANCE_GPUS, "cluster.training.instance_type",
+             f"unknown GPU instance type {training.instance_type!r}; known: {', '.join(sorted(INSTANCE_GPUS))}")
+        gpus = INSTANCE_GPUS.get(training.instance_type, training.gpus_per_node)
+        need(training.gpus_per_node == gpus, "cluster.training.gpus_per_node",
+             f"{training.instance_type} has {gpus} GPUs, got {training.gpus_per_node}")
         need(training.restart_policy in ("OnFailure", "ExitCode", "Never"), "cluster.training.restart_policy",
              f"must be OnFailure, ExitCode or Never, got {training.restart_policy!r}")
         need(train.procs_per_node <= training.gpus_per_node, "train.procs_per_node",
@@ -55,13 +99,15 @@ class PyTorchJobBackend:
         from modelchain.training import cost, pytorchjob
         from modelchain.training.lora_targets import check_adapter
 
+        jobs = self.jobs
+
         # The training modules read one composed config (cfg.model, cfg.train, cfg.cluster).
         cfg = OmegaConf.create({"model": model, "train": train, "cluster": cluster, "experiment": experiment})
         log = self.log
         name = self.job_name or pytorchjob.job_name(cfg, unique=True)
         estimate = cost.estimate(cfg)
-        log(f"finetune on {cluster.name}: PyTorchJob {name}; estimated ${estimate.cost_usd:,.2f}: {estimate.explain()}")
-        record = _Record(cfg, name, estimate)
+        log(f"finetune on {cluster.name}: {jobs.KIND} {name}; estimated ${estimate.cost_usd:,.2f}: {estimate.explain()}")
+        record = _Record(cfg, name, estimate, self.name)
         try:
             cost.check_budget(estimate, cluster.training.budget_usd)
         except cost.BudgetExceeded as exc:
@@ -72,8 +118,8 @@ class PyTorchJobBackend:
         pytorchjob.stage_splits(splits_dir, folder / "data")
         spec = pytorchjob.nemo_spec(cfg, name)
         try:
-            result = pytorchjob.submit_and_wait(
-                pytorchjob.build_job(cfg, name),
+            result = jobs.submit_and_wait(
+                jobs.build_job(cfg, name),
                 cluster.namespace,
                 pytorchjob.wait_seconds(cfg),
                 self.client,
@@ -92,7 +138,7 @@ class PyTorchJobBackend:
             record.log("failed", {}, error=error)
             raise FileNotFoundError(error)
         check_adapter(exported, spec)
-        job = {"kind": pytorchjob.KIND, "name": result["name"], "namespace": result["namespace"],
+        job = {"kind": jobs.KIND, "name": result["name"], "namespace": result["namespace"],
                "uid": result.get("uid") or "", "image": cluster.training.image}
         with atomic_dir(adapter_dir) as tmp:
             shutil.copytree(exported, tmp, dirs_exist_ok=True)
@@ -106,26 +152,24 @@ class PyTorchJobBackend:
         return metrics
 
     def job_record(self, cluster) -> dict[str, str]:
-        return {"kind": "PyTorchJob", "name": "", "image": cluster.training.image}
+        return {"kind": self.jobs.KIND, "name": "", "image": cluster.training.image}
 
     def render(self, cfg, name: Optional[str] = None) -> list[dict[str, Any]]:
-        from modelchain.training.pytorchjob import render
-
-        return render(cfg, name)
+        return self.jobs.render(cfg, name)
 
 
 class _Record:
     """The MLflow run of one cluster fine-tune: estimate, outcome, measured cost."""
 
-    def __init__(self, cfg, name: str, estimate):
-        self.cfg, self.name, self.estimate = cfg, name, estimate
+    def __init__(self, cfg, name: str, estimate, backend: str):
+        self.cfg, self.name, self.estimate, self.backend = cfg, name, estimate, backend
 
     def log(self, outcome: str, metrics: dict[str, Any], error: str = "") -> Optional[str]:
         from modelchain.core import registry
 
         cfg, est = self.cfg, self.estimate
         params = {
-            "pytorchjob": self.name,
+            self.backend: self.name,  # the job's name under its backend: pytorchjob | trainjob
             "namespace": cfg.cluster.namespace,
             "instance_type": est.instance_type,
             "nodes": est.nodes,
