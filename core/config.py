@@ -345,6 +345,20 @@ class VerifyConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    # How the Retriever (verify, evaluation) searches: dense (vectors) | bm25 (full text) |
+    # hybrid (both, fused). bench/rag_retrieval.py measured recall@1/5/10 of each mode;
+    # hybrid is the best (figures in bench/README.md). A collection written before the BM25
+    # field existed serves dense only.
+    mode: str = "hybrid"
+    fusion: str = "rrf"  # hybrid only: rrf (reciprocal rank) | weighted (normalised scores)
+    rrf_k: int = 60  # RRF's smoothing constant
+    dense_weight: float = 0.5  # weighted fusion: weight of the dense score, 0..1
+    bm25_weight: float = 0.5  # weighted fusion: weight of the BM25 score, 0..1
+    candidates: int = 50  # hybrid: rows each side fetches before fusion (at least k)
+
+
+@dataclass
 class RagConfig:
     name: str = MISSING
     source: RagSourceConfig = field(default_factory=RagSourceConfig)
@@ -352,6 +366,7 @@ class RagConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
 
 # --------------------------------------------------------------------------- cluster
@@ -659,6 +674,7 @@ OWNER_CHECKS: tuple[str, ...] = (
     "modelchain.training.lora_targets",
     "modelchain.eval.metrics",
     "modelchain.core.vectorstore",
+    "modelchain.core.retriever",
     "modelchain.core.embedder",
     "modelchain.data.checks",
     "modelchain.serving.backend",

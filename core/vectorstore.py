@@ -49,6 +49,20 @@ MAX_JSON_BYTES = 65536  # Milvus' default limit for one JSON value
 # anything has written since (see MilvusStore.ingest_state).
 INGEST_STATE_PROPERTY = "modelchain.ingest_state"
 VECTOR_FIELD = "vector"
+# BM25 full text: Milvus analyses FULLTEXT_FIELD (the document's title, the chunk's heading
+# path and its text, so a chunk is found by the words of the headings it sits under) and
+# fills SPARSE_FIELD itself (a BM25 Function); rows carry neither. Collections written
+# before they existed lack both: they still serve dense search (see MilvusStore.has_bm25).
+FULLTEXT_FIELD = "fulltext"
+SPARSE_FIELD = "text_sparse"
+BM25_FUNCTION = "text_bm25"
+MAX_FULLTEXT_BYTES = 65535
+# Lower-case words, English stop words dropped, English stems ("installing" finds
+# "install"); Milvus Lite knows only the standard and jieba tokenizers, so no "english" type.
+BM25_ANALYZER: dict[str, Any] = {
+    "tokenizer": "standard",
+    "filter": ["lowercase", {"type": "stop", "stop_words": ["_english_"]}, {"type": "stemmer", "language": "english"}],
+}
 ROW_FIELDS = ("id", VECTOR_FIELD, *[f for f in SCALAR_FIELDS if f != "id"])
 METRICS = ("COSINE", "IP", "L2")
 SEARCH_OUTPUT_FIELDS = ["text", "source", "heading_path", "position", "metadata"]
@@ -141,6 +155,7 @@ class MilvusStore(ABC):
         self._client: Any = None
         self._ready = False
         self._marked_dirty = False
+        self._has_bm25: Optional[bool] = None
 
     # -- configuration and connection --------------------------------------------------
 
@@ -209,6 +224,8 @@ class MilvusStore(ABC):
             return False
         from pymilvus import DataType, MilvusClient
 
+        from pymilvus import Function, FunctionType
+
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         for name, (type_name, max_length) in SCALAR_FIELDS.items():
             kwargs: dict[str, Any] = {"is_primary": True} if name == "id" else {}
@@ -217,6 +234,13 @@ class MilvusStore(ABC):
             schema.add_field(name, getattr(DataType, type_name), **kwargs)
             if name == "id":
                 schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field(FULLTEXT_FIELD, DataType.VARCHAR, max_length=MAX_FULLTEXT_BYTES, enable_analyzer=True,
+                         analyzer_params=BM25_ANALYZER)
+        schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(Function(
+            name=BM25_FUNCTION, function_type=FunctionType.BM25,
+            input_field_names=[FULLTEXT_FIELD], output_field_names=[SPARSE_FIELD],
+        ))
         index_params = MilvusClient.prepare_index_params()
         index_params.add_index(
             field_name=VECTOR_FIELD,
@@ -224,12 +248,14 @@ class MilvusStore(ABC):
             metric_type=self.metric,
             params=_INDEX_BUILD_PARAMS.get(self.index_type, {}),
         )
+        index_params.add_index(field_name=SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         # Strong consistency: verify reads right after upsert must see every write.
         self.client.create_collection(self.collection, schema=schema, consistency_level="Strong")
         # A store that can be waited on is, so the collection is searchable on return.
         self.client.create_index(self.collection, index_params, sync=self.waits_for_index)
         self.client.load_collection(self.collection)
         self._ready = True
+        self._has_bm25 = True
         return True
 
     def check_collection(self) -> None:
@@ -244,6 +270,11 @@ class MilvusStore(ABC):
         actual = {f["name"]: f for f in described["fields"]}
         expected = {name: type_name for name, (type_name, _) in SCALAR_FIELDS.items()}
         expected[VECTOR_FIELD] = "FLOAT_VECTOR"
+        # Written before full-text search: no sparse field, dense search only (has_bm25).
+        has_bm25 = SPARSE_FIELD in actual or FULLTEXT_FIELD in actual
+        if has_bm25:
+            expected[SPARSE_FIELD] = "SPARSE_FLOAT_VECTOR"
+            expected[FULLTEXT_FIELD] = "VARCHAR"
         problems = []
         missing = sorted(set(expected) - set(actual))
         extra = sorted(set(actual) - set(expected))
@@ -262,6 +293,11 @@ class MilvusStore(ABC):
         primary = [n for n, f in actual.items() if f.get("is_primary")]
         if primary != ["id"]:
             problems.append(f"primary key is {primary}, expected ['id']")
+        if has_bm25 and not any(
+            f.get("type") == _bm25_type() and list(f.get("output_field_names") or []) == [SPARSE_FIELD]
+            for f in described.get("functions") or []
+        ):
+            problems.append(f"field {SPARSE_FIELD!r} is not filled by a BM25 function of {FULLTEXT_FIELD!r}")
         if not problems:
             metric = self._index_metric()
             if metric and metric != self.metric:
@@ -273,6 +309,22 @@ class MilvusStore(ABC):
             )
         self.client.load_collection(self.collection)
         self._ready = True
+        self._has_bm25 = has_bm25
+
+    @property
+    def has_bm25(self) -> bool:
+        """True if the collection has the BM25 full-text field (every one this version creates)."""
+        self.check_collection()
+        return bool(self._has_bm25)
+
+    def require_bm25(self, why: str) -> None:
+        """Raise ``ValueError`` (saying to reindex) if the collection has no BM25 field."""
+        if not self.has_bm25:
+            raise ValueError(
+                f"Milvus collection {self.collection!r} at {self.uri} has no BM25 full-text field (it was "
+                f"written before full-text search), so {why} cannot search it: reindex it (ingest into a new "
+                f"rag.milvus.collection, or drop this one and ingest again), or set rag.retrieval.mode=dense"
+            )
 
     def _index_metric(self) -> str | None:
         for index_name in self.client.list_indexes(self.collection, field_name=VECTOR_FIELD):
@@ -307,6 +359,8 @@ class MilvusStore(ABC):
         if len(vector) != self.dim:
             raise ValueError(f"{where}: vector has {len(vector)} values, expected {self.dim}")
         out: dict[str, Any] = {VECTOR_FIELD: vector}
+        if self._has_bm25:
+            out[FULLTEXT_FIELD] = fulltext(row)
         for name, (type_name, max_length) in SCALAR_FIELDS.items():
             value = row.get(name, now) if name == "ingested_at" else row.get(name)
             if type_name == "INT64":
@@ -429,20 +483,80 @@ class MilvusStore(ABC):
         data = [v.tolist() if hasattr(v, "tolist") else list(v) for v in vectors]
         if not data:
             return []
+        results = self.client.search(
+            self.collection,
+            data=data,
+            anns_field=VECTOR_FIELD,
+            limit=k,
+            output_fields=SEARCH_OUTPUT_FIELDS,
+            search_params=self._dense_params(k),
+            consistency_level="Strong",
+        )
+        return [[_hit_dict(hit) for hit in hits] for hits in results]
+
+    def _dense_params(self, k: int) -> dict[str, Any]:
         params: dict[str, Any] = {"metric_type": self.metric}
         if self.index_type == "HNSW":
             params["params"] = {"ef": max(64, k)}
         elif self.index_type.startswith("IVF"):
             params["params"] = {"nprobe": 16}
+        return params
+
+    def search_text(self, queries: Sequence[str], k: int = 5) -> list[list[dict[str, Any]]]:
+        """Top-``k`` rows for each query by BM25 over ``text``, best first (hits as ``search``).
+
+        ``score`` is Milvus' BM25 value. A collection without the BM25 field is a ValueError.
+        """
+        self.require_bm25("BM25 search")
+        if not queries:
+            return []
         results = self.client.search(
             self.collection,
-            data=data,
+            data=list(queries),
+            anns_field=SPARSE_FIELD,
             limit=k,
             output_fields=SEARCH_OUTPUT_FIELDS,
-            search_params=params,
+            search_params={"metric_type": "BM25"},
             consistency_level="Strong",
         )
         return [[_hit_dict(hit) for hit in hits] for hits in results]
+
+    def hybrid_search(
+        self,
+        vectors: "np.ndarray | Sequence[Sequence[float]]",
+        queries: Sequence[str],
+        k: int = 5,
+        ranker: Any = None,
+        candidates: int = 50,
+    ) -> list[list[dict[str, Any]]]:
+        """Top-``k`` rows for each (vector, query text) pair: the dense and BM25 results fused.
+
+        Each side fetches ``max(k, candidates)`` rows; ``ranker`` is a pymilvus ``RRFRanker``
+        or ``WeightedRanker`` (dense first, BM25 second); ``score`` is the fused score.
+        """
+        from pymilvus import AnnSearchRequest, RRFRanker
+
+        self.require_bm25("hybrid search")
+        data = [v.tolist() if hasattr(v, "tolist") else list(v) for v in vectors]
+        if len(data) != len(queries):
+            raise ValueError(f"{len(data)} vectors for {len(queries)} query texts")
+        depth = max(k, candidates)
+        out: list[list[dict[str, Any]]] = []
+        # Milvus fuses per query; a hundred queries per call keeps each request moderate.
+        for start in range(0, len(data), 100):
+            vectors_part, queries_part = data[start : start + 100], list(queries[start : start + 100])
+            requests = [
+                AnnSearchRequest(data=vectors_part, anns_field=VECTOR_FIELD, param=self._dense_params(depth),
+                                 limit=depth),
+                AnnSearchRequest(data=queries_part, anns_field=SPARSE_FIELD, param={"metric_type": "BM25"},
+                                 limit=depth),
+            ]
+            results = self.client.hybrid_search(
+                self.collection, requests, ranker=ranker or RRFRanker(), limit=k,
+                output_fields=SEARCH_OUTPUT_FIELDS, consistency_level="Strong",
+            )
+            out.extend([_hit_dict(hit) for hit in hits] for hits in results)
+        return out
 
 
 class MilvusLiteStore(MilvusStore):
@@ -532,6 +646,23 @@ def check_config(cfg: "DictConfig", need: Callable[[bool, str, str], None]) -> N
         problem = VECTOR_STORES[milvus.backend].uri_problem(milvus.uri)
         need(problem is None, "rag.milvus.uri", f"{problem} (rag.milvus.backend is {milvus.backend})")
     need(milvus.metric in METRICS, "rag.milvus.metric", f"must be COSINE, IP or L2, got {milvus.metric!r}")
+
+
+def fulltext(row: dict[str, Any]) -> str:
+    """What BM25 indexes for a row: its document's title, its heading path and its text."""
+    document = (row.get("metadata") or {}).get("document") or {}
+    title = document.get("title") if isinstance(document, dict) else None
+    head = " ".join(str(part) for part in (title, row.get("heading_path")) if part)
+    text = f"{head}\n{row['text']}" if head else str(row["text"])
+    encoded = text.encode("utf-8")
+    # The text alone fits (its own limit is the same); only a long title or path can push it over.
+    return encoded[:MAX_FULLTEXT_BYTES].decode("utf-8", "ignore") if len(encoded) > MAX_FULLTEXT_BYTES else text
+
+
+def _bm25_type() -> Any:
+    from pymilvus import FunctionType
+
+    return FunctionType.BM25
 
 
 def _hit_dict(hit: Any) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def verify_ingest(rag: "DictConfig", chunks: Sequence[dict], quarantined: Sequen
     questions = [{"question": q.question, "source": q.source} for q in checks.questions]
     with open_store(rag) as store:
         return verify(
-            store, Retriever(store, open_embedder(rag)), chunks, questions, k=checks.k,
+            store, Retriever.from_config(rag, store, open_embedder(rag)), chunks, questions, k=checks.k,
             min_recall=checks.min_recall, kept_sources=[q["source"] for q in quarantined],
             self_check_samples=checks.self_check_samples, min_self_recall=checks.min_self_recall,
         )
