@@ -48,6 +48,9 @@ MAX_JSON_BYTES = 65536  # Milvus' default limit for one JSON value
 # Collection property: the chunking signature of the last ingest that finished, or "" once
 # anything has written since (see MilvusStore.ingest_state).
 INGEST_STATE_PROPERTY = "modelchain.ingest_state"
+# Collection property: a new random token each time a store starts writing, so a run can
+# tell whether anyone wrote since it planned (see MilvusStore.write_token).
+WRITE_TOKEN_PROPERTY = "modelchain.write_token"
 VECTOR_FIELD = "vector"
 # BM25 full text: Milvus analyses FULLTEXT_FIELD (the document's title, the chunk's heading
 # path and its text, so a chunk is found by the words of the headings it sits under) and
@@ -203,6 +206,7 @@ class MilvusStore(ABC):
         if self._client is None:
             return
         client, self._client, self._ready = self._client, None, False
+        self._marked_dirty = False  # the next session that writes takes a new write token
         client.close()
         self._release()
 
@@ -398,6 +402,16 @@ class MilvusStore(ABC):
                 deleted += int(result.get("delete_count", 0))
         return deleted
 
+    def write_token(self) -> str:
+        """The token of the last store that wrote ("" for a new collection or one that keeps no properties)."""
+        if not self.exists():
+            return ""
+        try:
+            properties = self.client.describe_collection(self.collection).get("properties") or {}
+        except Exception:  # noqa: BLE001 - a server without collection properties: no token
+            return ""
+        return str(properties.get(WRITE_TOKEN_PROPERTY, ""))
+
     def ingest_state(self) -> str:
         """The chunking signature recorded by the last ingest that finished ("" if none).
 
@@ -426,9 +440,29 @@ class MilvusStore(ABC):
             return
         # A server without properties never had a state to trust; one that has a state
         # this write cannot clear must not be written, or the state would lie.
-        if not self.set_ingest_state("") and self.ingest_state():
-            raise RuntimeError(f"cannot clear the ingest state of {self.collection!r} before writing")
+        import uuid
+
+        try:
+            self.client.alter_collection_properties(
+                self.collection, properties={INGEST_STATE_PROPERTY: "", WRITE_TOKEN_PROPERTY: uuid.uuid4().hex}
+            )
+        except Exception as exc:  # noqa: BLE001
+            if self.ingest_state():
+                raise RuntimeError(f"cannot clear the ingest state of {self.collection!r} before writing") from exc
+            logging.getLogger(__name__).warning("cannot record the ingest state on %r: %s", self.collection, exc)
         self._marked_dirty = True
+
+    # -- the ingest lock -------------------------------------------------------------
+
+    def ingest_lock(self, purpose: str, wait_s: float, lease_s: float = 120.0) -> Any:
+        """A context manager holding this collection's ingest lock (core/ingest_lock.py).
+
+        Waits up to ``wait_s`` for another run to finish, then raises ``IngestBusy`` naming it.
+        """
+        from modelchain.core.ingest_lock import TicketLock
+
+        what = f"Milvus collection {self.collection!r} at {self.uri}"
+        return TicketLock(self._connect, self.collection, what, lease_s).hold(purpose, wait_s)
 
     # -- reads -----------------------------------------------------------------------
 
@@ -586,6 +620,14 @@ class MilvusLiteStore(MilvusStore):
             client = MilvusClient(self.uri)
             _lite_open[self.uri] = _lite_open.get(self.uri, 0) + 1
         return client
+
+    def ingest_lock(self, purpose: str, wait_s: float, lease_s: float = 120.0) -> Any:
+        """The lock file beside the ``.db`` folder (one process serves a folder at a time):
+        the store is closed before the lock is let go, so the next run can open the folder."""
+        from modelchain.core.ingest_lock import FileLock
+
+        what = f"Milvus Lite {self.uri} (collection {self.collection!r})"
+        return FileLock(f"{self.uri}.lock", what).hold(purpose, wait_s, on_release=self.close)
 
     def _release(self) -> None:
         with _lite_lock:

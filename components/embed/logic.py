@@ -32,7 +32,7 @@ def embed_changes(
     from modelchain.components.rag_changes import plan_changes
     from modelchain.components.rag_settings import open_embedder, open_store
 
-    with open_store(rag) as store:
+    with open_store(rag) as store, store.ingest_lock("rag_ingest embed (plan)", rag.lock.wait_s, rag.lock.lease_s):
         plan = plan_changes(store, chunks, quarantined=[q["source"] for q in quarantined])
     if not plan.chunks_to_embed:
         return plan, np.zeros((0, 0), dtype=np.float32)

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from modelchain.components.rag_changes import ChangePlan, change_report, chunk_rows, plan_changes
+from modelchain.components.rag_changes import (
+    ChangePlan,
+    change_report,
+    check_plan_current,
+    chunk_rows,
+    plan_changes,
+)
 from modelchain.core.vectorstore import MilvusStore
 
 if TYPE_CHECKING:
@@ -20,7 +26,9 @@ def write_changes(rag: "DictConfig", plan: ChangePlan, vectors: "np.ndarray") ->
     """Apply ``plan`` to the collection of a typed ``rag`` config; the counts of ``apply_changes``."""
     from modelchain.components.rag_settings import open_store
 
-    with open_store(rag) as store:
+    with open_store(rag) as store, store.ingest_lock("rag_ingest upsert", rag.lock.wait_s, rag.lock.lease_s):
+        # Under the lock: a plan that another run overtook between embed and now is refused.
+        check_plan_current(store, plan)
         return apply_changes(store, plan, vectors)
 
 

@@ -37,7 +37,7 @@ def verify_ingest(rag: "DictConfig", chunks: Sequence[dict], quarantined: Sequen
 
     checks = rag.verify
     questions = [{"question": q.question, "source": q.source} for q in checks.questions]
-    with open_store(rag) as store:
+    with open_store(rag) as store, store.ingest_lock("rag_ingest verify", rag.lock.wait_s, rag.lock.lease_s):
         return verify(
             store, Retriever.from_config(rag, store, open_embedder(rag)), chunks, questions, k=checks.k,
             min_recall=checks.min_recall, kept_sources=[q["source"] for q in quarantined],
