@@ -226,9 +226,7 @@ class MilvusStore(ABC):
         if self.exists():
             self.check_collection()
             return False
-        from pymilvus import DataType, MilvusClient
-
-        from pymilvus import Function, FunctionType
+        from pymilvus import DataType, Function, FunctionType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         for name, (type_name, max_length) in SCALAR_FIELDS.items():

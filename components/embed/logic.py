@@ -33,6 +33,9 @@ def embed_changes(
     from modelchain.components.rag_settings import open_embedder, open_store
 
     with open_store(rag) as store, store.ingest_lock("rag_ingest embed (plan)", rag.lock.wait_s, rag.lock.lease_s):
+        # A collection that verify could not search in the configured mode: say so before any work.
+        if rag.retrieval.mode != "dense" and store.exists():
+            store.require_bm25(f"rag.retrieval.mode={rag.retrieval.mode}")
         plan = plan_changes(store, chunks, quarantined=[q["source"] for q in quarantined])
     if not plan.chunks_to_embed:
         return plan, np.zeros((0, 0), dtype=np.float32)

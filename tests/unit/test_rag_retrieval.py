@@ -125,6 +125,19 @@ def test_a_collection_written_before_bm25_serves_dense_and_says_to_reindex(tmp_p
                 Retriever(store, EMBEDDER, settings=settings).retrieve(QUESTION)
 
 
+def test_an_ingest_into_a_collection_without_bm25_stops_before_embedding_unless_dense(tmp_path, modelchain_home):
+    from modelchain.components.embed.logic import embed_changes
+
+    uri = str(tmp_path / "old.db")
+    legacy_collection(uri, "old")
+    chunks = [{**r, "metadata": {}} for r in ROWS]
+    rag = compose("rag_ingest", [f"rag.milvus.uri={uri}", "rag.milvus.collection=old", f"rag.embedding.dim={DIM}"]).rag
+    with pytest.raises(ValueError, match=r"has no BM25 full-text field .* rag\.retrieval\.mode=hybrid cannot search"):
+        embed_changes(rag, chunks)
+    with MilvusLiteStore(uri, "old", DIM) as store:
+        assert store.count() == 0
+
+
 def test_the_config_picks_the_mode_and_bad_values_name_their_key(modelchain_home, tmp_path, store):
     rag = compose("rag_ingest", ["rag.retrieval.mode=bm25"]).rag
     assert Retriever.from_config(rag, store, None).mode == "bm25"
