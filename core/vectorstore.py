@@ -159,6 +159,8 @@ class MilvusStore(ABC):
         self._ready = False
         self._marked_dirty = False
         self._has_bm25: Optional[bool] = None
+        # The write token the next write records (MilvusStore.write_token); None: a new random one.
+        self.next_write_token: Optional[str] = None
 
     # -- configuration and connection --------------------------------------------------
 
@@ -442,7 +444,8 @@ class MilvusStore(ABC):
 
         try:
             self.client.alter_collection_properties(
-                self.collection, properties={INGEST_STATE_PROPERTY: "", WRITE_TOKEN_PROPERTY: uuid.uuid4().hex}
+                self.collection,
+                properties={INGEST_STATE_PROPERTY: "", WRITE_TOKEN_PROPERTY: self.next_write_token or uuid.uuid4().hex},
             )
         except Exception as exc:  # noqa: BLE001
             if self.ingest_state():

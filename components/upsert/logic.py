@@ -29,6 +29,7 @@ def write_changes(rag: "DictConfig", plan: ChangePlan, vectors: "np.ndarray") ->
     with open_store(rag) as store, store.ingest_lock("rag_ingest upsert", rag.lock.wait_s, rag.lock.lease_s):
         # Under the lock: a plan that another run overtook between embed and now is refused.
         check_plan_current(store, plan)
+        store.next_write_token = plan.plan_id or None
         return apply_changes(store, plan, vectors)
 
 

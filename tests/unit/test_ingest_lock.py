@@ -130,5 +130,11 @@ def test_a_plan_that_another_ingest_overtook_is_refused_and_writes_nothing(tmp_p
         assert store.count() == 3 and store.doc_hashes() == {"a.md": "h1", "b.md": "h1"}
         fresh = plan_changes(store, chunks)
     assert write_changes(rag, fresh, vectors)["total_rows"] == 3  # b.md is not in this corpus
+    # A retried upsert of the same plan (a step retried on EKS) is not taken for another run.
+    assert write_changes(rag, fresh, vectors)["total_rows"] == 3
+    with MilvusLiteStore(uri, "docs", DIM) as other:
+        other.upsert(make_rows("c.md", 1))
+    with pytest.raises(PlanOvertaken):
+        write_changes(rag, fresh, vectors)
     with pytest.raises(ConfigError, match=r"^rag.lock.wait_s: must be >= 0"):
         compose("rag_ingest", ["rag.lock.wait_s=-1"])
