@@ -105,7 +105,14 @@ class Retriever:
     def from_config(
         cls, rag: "DictConfig", store: MilvusStore, embedder: Optional[BaseEmbedder], owns_store: bool = False
     ) -> "Retriever":
-        """A retriever over ``store`` with ``embedder``, in the mode of ``rag.retrieval``."""
+        """A retriever over ``store`` with ``embedder``, in the mode of ``rag.retrieval``.
+
+        A collection whose vectors another embedding wrote than ``rag.embedding`` is a ValueError.
+        """
+        from modelchain.core.vectorstore import embedding_identity
+
+        if rag.retrieval.mode != "bm25":
+            store.check_embedding(embedding_identity(rag.embedding), "rag.embedding")
         return cls(store, embedder, owns_store=owns_store, settings=RetrievalSettings.from_config(rag.retrieval))
 
     def retrieve(self, question: str, k: int = 5) -> list[Hit]:

@@ -51,6 +51,9 @@ INGEST_STATE_PROPERTY = "modelchain.ingest_state"
 # Collection property: a new random token each time a store starts writing, so a run can
 # tell whether anyone wrote since it planned (see MilvusStore.write_token).
 WRITE_TOKEN_PROPERTY = "modelchain.write_token"
+# Collection property: the embedding that wrote its vectors (embedding_identity); each row's
+# metadata carries it too. Vectors of another model, runtime or size must not be mixed in.
+EMBEDDING_PROPERTY = "modelchain.embedding"
 VECTOR_FIELD = "vector"
 # BM25 full text: Milvus analyses FULLTEXT_FIELD (the document's title, the chunk's heading
 # path and its text, so a chunk is found by the words of the headings it sits under) and
@@ -161,6 +164,8 @@ class MilvusStore(ABC):
         self._has_bm25: Optional[bool] = None
         # The write token the next write records (MilvusStore.write_token); None: a new random one.
         self.next_write_token: Optional[str] = None
+        # The embedding whose vectors this store writes (embedding_identity); None: not checked.
+        self.embedding: Optional[str] = None
 
     # -- configuration and connection --------------------------------------------------
 
@@ -345,6 +350,8 @@ class MilvusStore(ABC):
         ``ingested_at`` defaults to now; vectors may be lists or numpy arrays.
         """
         self.check_collection()
+        if rows and self.embedding:
+            self.check_embedding(self.embedding, "rag.embedding")
         now = _now()
         prepared = [self._prepare_row(row, now) for row in rows]
         if prepared:
@@ -363,6 +370,8 @@ class MilvusStore(ABC):
         if len(vector) != self.dim:
             raise ValueError(f"{where}: vector has {len(vector)} values, expected {self.dim}")
         out: dict[str, Any] = {VECTOR_FIELD: vector}
+        if self.embedding:
+            row = {**row, "metadata": {**(row.get("metadata") or {}), "embedding": self.embedding}}
         if self._has_bm25:
             out[FULLTEXT_FIELD] = fulltext(row)
         for name, (type_name, max_length) in SCALAR_FIELDS.items():
@@ -402,15 +411,32 @@ class MilvusStore(ABC):
                 deleted += int(result.get("delete_count", 0))
         return deleted
 
-    def write_token(self) -> str:
-        """The token of the last store that wrote ("" for a new collection or one that keeps no properties)."""
+    def recorded_embedding(self) -> str:
+        """The embedding identity the collection's vectors were written with ("" if not recorded)."""
+        return self._property(EMBEDDING_PROPERTY)
+
+    def check_embedding(self, identity: str, where: str) -> None:
+        """Raise ``ValueError`` if the collection's vectors come from another embedding than ``identity``."""
+        recorded = self.recorded_embedding()
+        if recorded and recorded != identity:
+            raise ValueError(
+                f"Milvus collection {self.collection!r} at {self.uri} holds vectors of embedding {recorded}, "
+                f"but {where} is {identity}: its vectors cannot be compared; use the embedding it was written "
+                f"with, or reindex into a new rag.milvus.collection"
+            )
+
+    def _property(self, name: str) -> str:
         if not self.exists():
             return ""
         try:
             properties = self.client.describe_collection(self.collection).get("properties") or {}
-        except Exception:  # noqa: BLE001 - a server without collection properties: no token
+        except Exception:  # noqa: BLE001 - a server without collection properties
             return ""
-        return str(properties.get(WRITE_TOKEN_PROPERTY, ""))
+        return str(properties.get(name, ""))
+
+    def write_token(self) -> str:
+        """The token of the last store that wrote ("" for a new collection or one that keeps no properties)."""
+        return self._property(WRITE_TOKEN_PROPERTY)
 
     def ingest_state(self) -> str:
         """The chunking signature recorded by the last ingest that finished ("" if none).
@@ -442,11 +468,11 @@ class MilvusStore(ABC):
         # this write cannot clear must not be written, or the state would lie.
         import uuid
 
+        properties = {INGEST_STATE_PROPERTY: "", WRITE_TOKEN_PROPERTY: self.next_write_token or uuid.uuid4().hex}
+        if self.embedding:
+            properties[EMBEDDING_PROPERTY] = self.embedding
         try:
-            self.client.alter_collection_properties(
-                self.collection,
-                properties={INGEST_STATE_PROPERTY: "", WRITE_TOKEN_PROPERTY: self.next_write_token or uuid.uuid4().hex},
-            )
+            self.client.alter_collection_properties(self.collection, properties=properties)
         except Exception as exc:  # noqa: BLE001
             if self.ingest_state():
                 raise RuntimeError(f"cannot clear the ingest state of {self.collection!r} before writing") from exc
@@ -676,8 +702,21 @@ def store_class(backend: str) -> type[MilvusStore]:
 
 
 def open_store(rag: "DictConfig") -> MilvusStore:
-    """The collection of a typed ``rag`` config: ``rag.milvus`` picks the store, ``rag.embedding.dim`` the size."""
-    return store_class(rag.milvus.backend).from_config(rag.milvus, rag.embedding.dim)
+    """The collection of a typed ``rag`` config: ``rag.milvus`` picks the store, ``rag.embedding.dim`` the size.
+
+    Its writes record ``rag.embedding``'s identity and refuse a collection written by another.
+    """
+    store = store_class(rag.milvus.backend).from_config(rag.milvus, rag.embedding.dim)
+    store.embedding = embedding_identity(rag.embedding)
+    return store
+
+
+def embedding_identity(embedding: Any) -> str:
+    """What makes vectors comparable: model name and weights, runtime (and dtype), size, normalisation."""
+    model = embedding.model or "packaged"
+    runtime = f"{embedding.runtime}/{embedding.dtype}" if embedding.runtime == "torch" else embedding.runtime
+    return (f"{embedding.name} (model {model}, runtime {runtime}, dim {embedding.dim}"
+            f"{', normalized' if embedding.normalize else ''})")
 
 
 def check_config(cfg: "DictConfig", need: Callable[[bool, str, str], None]) -> None:

@@ -150,3 +150,31 @@ def test_the_config_picks_the_mode_and_bad_values_name_their_key(modelchain_home
             compose("rag_ingest", [override])
     with pytest.raises(ValueError, match="needs an embedder"):
         Retriever(store, None, settings=RetrievalSettings("hybrid"))
+
+
+def test_the_embedding_that_wrote_a_collection_is_recorded_and_another_is_refused(tmp_path, modelchain_home):
+    from modelchain.core.vectorstore import embedding_identity, open_store
+
+    settings = [f"rag.milvus.uri={tmp_path / 'e.db'}", "rag.milvus.collection=docs", f"rag.embedding.dim={DIM}"]
+    rag = compose("rag_ingest", settings).rag
+    identity = embedding_identity(rag.embedding)
+    assert identity == "all-MiniLM-L6-v2 (model packaged, runtime onnx-int8, dim 4, normalized)"
+    with open_store(rag) as store:
+        store.ensure_collection()
+        store.upsert(ROWS)
+        assert store.recorded_embedding() == identity
+        assert {r["metadata"]["embedding"] for r in store.iter_rows(("metadata",))} == {identity}
+        assert Retriever.from_config(rag, store, EMBEDDER).retrieve(QUESTION, 1)  # the same embedding reads it
+    other = compose("rag_ingest", [*settings, "rag.embedding.runtime=torch"]).rag
+    with open_store(other) as store:
+        mismatch = (r"'docs' .* holds vectors of embedding all-MiniLM-L6-v2 \(model packaged, runtime onnx-int8, "
+                    r"dim 4, normalized\), but rag.embedding is all-MiniLM-L6-v2 \(model packaged, runtime "
+                    r"torch/float32, dim 4, normalized\): its vectors cannot be compared; .* reindex")
+        with pytest.raises(ValueError, match=mismatch):
+            store.upsert(ROWS)
+        with pytest.raises(ValueError, match=mismatch):
+            Retriever.from_config(other, store, EMBEDDER)
+        assert store.count() == len(ROWS)
+    bm25_only = compose("rag_ingest", [*settings, "rag.embedding.runtime=torch", "rag.retrieval.mode=bm25"]).rag
+    with open_store(bm25_only) as store:
+        assert sources(Retriever.from_config(bm25_only, store, None), QUESTION, 1) == ["b.md"]  # no vectors compared
