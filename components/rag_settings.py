@@ -9,13 +9,14 @@ if TYPE_CHECKING:
 
 
 def open_store(rag: "DictConfig"):
-    """The configured collection, in the store ``rag.milvus.backend`` names (core.vectorstore).
+    """The collection the steps write, in the store ``rag.milvus.backend`` names: the index of
+    this embedding and chunking behind the alias ``rag.milvus.collection`` (core.vectorstore.open_index).
 
     A server's token comes from MILVUS_TOKEN (on a cluster, a secret mapped by name).
     """
-    from modelchain.core.vectorstore import open_store as open_vector_store
+    from modelchain.core.vectorstore import open_index
 
-    return open_vector_store(rag)
+    return open_index(rag)
 
 
 def open_embedder(rag: "DictConfig"):

@@ -166,6 +166,8 @@ class MilvusStore(ABC):
         self.next_write_token: Optional[str] = None
         # The embedding whose vectors this store writes (embedding_identity); None: not checked.
         self.embedding: Optional[str] = None
+        # The alias that readers use for this collection (open_index); None: read by its own name.
+        self.alias: Optional[str] = None
 
     # -- configuration and connection --------------------------------------------------
 
@@ -265,7 +267,42 @@ class MilvusStore(ABC):
         self.client.load_collection(self.collection)
         self._ready = True
         self._has_bm25 = True
+        if self.alias and not self.client.has_collection(self.alias):
+            # The first index behind this alias: there is no older one to keep serving.
+            self.client.create_alias(self.collection, self.alias)
         return True
+
+    def is_alias(self) -> bool:
+        """True if this store's name is an alias of another collection."""
+        try:
+            return self.client.describe_alias(self.collection).get("collection_name") not in (None, self.collection)
+        except Exception:  # noqa: BLE001 - not an alias
+            return False
+
+    def alias_target(self) -> str:
+        """The collection ``self.alias`` points to ("" if none)."""
+        if not self.alias:
+            return ""
+        try:
+            return str(self.client.describe_alias(self.alias).get("collection_name") or "")
+        except Exception:  # noqa: BLE001 - no such alias
+            return ""
+
+    def publish(self) -> Optional[str]:
+        """Point ``self.alias`` at this collection, in one step; returns the collection it left (or None).
+
+        Readers (the Retriever opens the alias) move from the old index to this one at once.
+        """
+        if not self.alias:
+            return None
+        previous = self.alias_target()
+        if previous == self.collection:
+            return None
+        if previous:
+            self.client.alter_alias(self.collection, self.alias)
+        else:
+            self.client.create_alias(self.collection, self.alias)
+        return previous or None
 
     def check_collection(self) -> None:
         """Raise ``ValueError`` if the collection is missing or its schema differs; load it."""
@@ -709,6 +746,29 @@ def open_store(rag: "DictConfig") -> MilvusStore:
     store = store_class(rag.milvus.backend).from_config(rag.milvus, rag.embedding.dim)
     store.embedding = embedding_identity(rag.embedding)
     return store
+
+
+def open_index(rag: "DictConfig") -> MilvusStore:
+    """The collection the ingest steps of a typed ``rag`` config write, behind the alias readers use.
+
+    ``rag.milvus.collection`` is an alias; the index behind it is ``<alias>__<key>``, the key
+    a hash of the embedding identity and the chunking. A change of either makes a new index,
+    built while the alias keeps pointing at the old one, and moved to by ``publish()`` once
+    verified. A collection written before aliases, under the very name, is written in place.
+    """
+    import hashlib
+
+    store = open_store(rag)
+    if store.exists() and not store.is_alias():
+        return store
+    key = json.dumps({"embedding": store.embedding, "chunk": [rag.chunk.tokens, rag.chunk.overlap]}, sort_keys=True)
+    index = store_class(rag.milvus.backend)(
+        rag.milvus.uri, f"{rag.milvus.collection}__{hashlib.sha256(key.encode()).hexdigest()[:10]}",
+        rag.embedding.dim, index_type=rag.milvus.index_type, metric=rag.milvus.metric, token=store.token,
+    )
+    store.close()
+    index.embedding, index.alias = store.embedding, rag.milvus.collection
+    return index
 
 
 def embedding_identity(embedding: Any) -> str:

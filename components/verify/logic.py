@@ -38,11 +38,18 @@ def verify_ingest(rag: "DictConfig", chunks: Sequence[dict], quarantined: Sequen
     checks = rag.verify
     questions = [{"question": q.question, "source": q.source} for q in checks.questions]
     with open_store(rag) as store, store.ingest_lock("rag_ingest verify", rag.lock.wait_s, rag.lock.lease_s):
-        return verify(
+        result = verify(
             store, Retriever.from_config(rag, store, open_embedder(rag)), chunks, questions, k=checks.k,
             min_recall=checks.min_recall, kept_sources=[q["source"] for q in quarantined],
             self_check_samples=checks.self_check_samples, min_self_recall=checks.min_self_recall,
         )
+        # Only a verified index is put behind the alias that retrievers read.
+        if result["passed"]:
+            previous = store.publish()
+            if previous:
+                result["report"] += (f"\n\nAlias {store.alias!r} moved from {previous!r} to {store.collection!r} "
+                                     f"(the old index is kept; drop it when no longer needed).\n")
+        return result
 
 
 def verify(
