@@ -19,6 +19,13 @@ def open_store(rag: "DictConfig"):
     return open_index(rag)
 
 
+def ingest_lock(rag: "DictConfig", purpose: str):
+    """The collection's ingest lock (core.vectorstore.ingest_lock): hold it, then open the store."""
+    from modelchain.core.vectorstore import ingest_lock as collection_lock
+
+    return collection_lock(rag, purpose)
+
+
 def open_embedder(rag: "DictConfig"):
     """The embedder of ``rag.embedding``: runtime, model, batch size, endpoint."""
     from modelchain.core.embedder import embedder_from_config

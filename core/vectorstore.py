@@ -748,6 +748,16 @@ def open_store(rag: "DictConfig") -> MilvusStore:
     return store
 
 
+def ingest_lock(rag: "DictConfig", purpose: str) -> Any:
+    """The ingest lock of the collection of a typed ``rag`` config (``rag.lock``), as a context manager.
+
+    Take it before opening the store: Milvus Lite serves a folder to one process at a time,
+    so a run must not even connect while another holds it.
+    """
+    store = open_store(rag)  # never connected: neither lock needs this store's client
+    return store.ingest_lock(purpose, rag.lock.wait_s, rag.lock.lease_s)
+
+
 def open_index(rag: "DictConfig") -> MilvusStore:
     """The collection the ingest steps of a typed ``rag`` config write, behind the alias readers use.
 

@@ -30,9 +30,9 @@ def embed_changes(
     import numpy as np
 
     from modelchain.components.rag_changes import plan_changes
-    from modelchain.components.rag_settings import open_embedder, open_store
+    from modelchain.components.rag_settings import ingest_lock, open_embedder, open_store
 
-    with open_store(rag) as store, store.ingest_lock("rag_ingest embed (plan)", rag.lock.wait_s, rag.lock.lease_s):
+    with ingest_lock(rag, "rag_ingest embed (plan)"), open_store(rag) as store:
         # A collection that verify could not search in the configured mode: say so before any work.
         if rag.retrieval.mode != "dense" and store.exists():
             store.require_bm25(f"rag.retrieval.mode={rag.retrieval.mode}")

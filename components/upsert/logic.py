@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 
 def write_changes(rag: "DictConfig", plan: ChangePlan, vectors: "np.ndarray") -> dict:
     """Apply ``plan`` to the collection of a typed ``rag`` config; the counts of ``apply_changes``."""
-    from modelchain.components.rag_settings import open_store
+    from modelchain.components.rag_settings import ingest_lock, open_store
 
-    with open_store(rag) as store, store.ingest_lock("rag_ingest upsert", rag.lock.wait_s, rag.lock.lease_s):
+    with ingest_lock(rag, "rag_ingest upsert"), open_store(rag) as store:
         # Under the lock: a plan that another run overtook between embed and now is refused.
         check_plan_current(store, plan)
         store.next_write_token = plan.plan_id or None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from modelchain.components.rag_changes import PlanOvertaken, check_plan_current, plan_changes
+from modelchain.components.embed.logic import embed_changes
 from modelchain.components.upsert.logic import write_changes
 from modelchain.core.config import ConfigError, compose
 from modelchain.core.ingest_lock import LOCK_COLLECTION, FileLock, IngestBusy, TicketLock
@@ -138,3 +139,37 @@ def test_a_plan_that_another_ingest_overtook_is_refused_and_writes_nothing(tmp_p
         write_changes(rag, fresh, vectors)
     with pytest.raises(ConfigError, match=r"^rag.lock.wait_s: must be >= 0"):
         compose("rag_ingest", ["rag.lock.wait_s=-1"])
+
+
+HOLD_AND_OPEN = """
+import sys, time
+from modelchain.core.ingest_lock import FileLock
+from modelchain.core.vectorstore import MilvusLiteStore
+db = sys.argv[1]
+with MilvusLiteStore(db, "docs", 8) as store, FileLock(db + ".lock", "x").hold("an ingest in another process", 0):
+    store.exists()  # connected: this process now serves the folder
+    print("holding", flush=True)
+    time.sleep(3)
+"""
+
+
+def test_a_step_waits_for_an_ingest_in_another_process_before_it_opens_the_folder(tmp_path, modelchain_home):
+    """Milvus Lite serves a folder to one process: a step that connected before taking the lock
+    would fail to open it while another process ingests."""
+    import subprocess
+    import sys
+
+    uri = str(tmp_path / "rag.db")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_OPEN, uri], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        rag = compose("rag_ingest", [f"rag.milvus.uri={uri}", "rag.milvus.collection=docs",
+                                     "rag.embedding.runtime=torch", "rag.lock.wait_s=60"]).rag
+        chunks = [{**r, "metadata": {}} for r in make_rows("a.md", 2)]
+        start = time.monotonic()
+        plan, vectors = embed_changes(rag, chunks)
+        assert time.monotonic() - start > 0.5  # it waited for the other process
+        assert [c["id"] for c in plan.chunks_to_embed] == ["a.md-0", "a.md-1"] and vectors.shape == (2, 384)
+    finally:
+        holder.wait(timeout=60)
+    assert holder.returncode == 0
