@@ -15,6 +15,7 @@ fails as a whole rather than come back partial) are deleted.
 from __future__ import annotations
 
 import json
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Sequence
@@ -54,11 +55,31 @@ class ChangePlan(NamedTuple):
     removed_sources: list[str] = []
     quarantined_sources: list[str] = []  # unreadable this run: their stored rows are kept
     unchanged_chunks: int = 0  # rows of the unchanged and quarantined documents, left as they are
+    # The collection's write token when planned: applying refuses a plan that another
+    # ingest has overtaken (MilvusStore.write_token).
+    store_token: str = ""
+    # Written as the collection's token when this plan is applied, so a retried upsert of
+    # the same plan is not taken for another run's write.
+    plan_id: str = ""
 
 
 class StoredRows(NamedTuple):
     ids: dict[str, set[str]]  # source -> chunk ids in the collection
     hashes: dict[str, set[str]]  # source -> doc_hash values of its rows (one, unless half-written)
+
+
+class PlanOvertaken(RuntimeError):
+    """Another ingest wrote the collection after this plan was made."""
+
+
+def check_plan_current(store: MilvusStore, plan: ChangePlan) -> None:
+    """Raise ``PlanOvertaken`` if anyone wrote the collection since ``plan`` was made."""
+    token = store.write_token()
+    if token != plan.store_token and not (plan.plan_id and token == plan.plan_id):
+        raise PlanOvertaken(
+            f"Milvus collection {store.collection!r} at {store.uri} was written by another ingest after this "
+            f"run planned its changes; nothing written: run again to plan against what it holds now"
+        )
 
 
 def read_stored(store: MilvusStore) -> StoredRows:
@@ -126,6 +147,8 @@ def plan_changes(
         removed_sources=sorted(removed),
         quarantined_sources=sorted(held),
         unchanged_chunks=sum(len(stored_ids.get(source, ())) for source in unchanged | held),
+        store_token=store.write_token(),
+        plan_id=uuid.uuid4().hex,
     )
 
 

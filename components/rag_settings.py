@@ -9,13 +9,21 @@ if TYPE_CHECKING:
 
 
 def open_store(rag: "DictConfig"):
-    """The configured collection, in the store ``rag.milvus.backend`` names (core.vectorstore).
+    """The collection the steps write, in the store ``rag.milvus.backend`` names: the index of
+    this embedding and chunking behind the alias ``rag.milvus.collection`` (core.vectorstore.open_index).
 
     A server's token comes from MILVUS_TOKEN (on a cluster, a secret mapped by name).
     """
-    from modelchain.core.vectorstore import open_store as open_vector_store
+    from modelchain.core.vectorstore import open_index
 
-    return open_vector_store(rag)
+    return open_index(rag)
+
+
+def ingest_lock(rag: "DictConfig", purpose: str):
+    """The collection's ingest lock (core.vectorstore.ingest_lock): hold it, then open the store."""
+    from modelchain.core.vectorstore import ingest_lock as collection_lock
+
+    return collection_lock(rag, purpose)
 
 
 def open_embedder(rag: "DictConfig"):

@@ -373,6 +373,30 @@ class VerifyConfig:
 
 
 @dataclass
+class IngestLockConfig:
+    # Two ingests into one collection: the second waits this long for the first to finish
+    # (0: stop at once), then stops with a message naming it, having written nothing.
+    wait_s: float = 600.0
+    # Milvus server: the lease of a lock ticket, renewed while its run works; a run that
+    # dies leaves the lock free once it runs out. (Milvus Lite's lock file needs none.)
+    lease_s: float = 120.0
+
+
+@dataclass
+class RetrievalConfig:
+    # How the Retriever (verify, evaluation) searches: dense (vectors) | bm25 (full text) |
+    # hybrid (both, fused). bench/rag_retrieval.py measured recall@1/5/10 of each mode;
+    # hybrid is the best (figures in bench/README.md). A collection written before the BM25
+    # field existed serves dense only.
+    mode: str = "hybrid"
+    fusion: str = "rrf"  # hybrid only: rrf (reciprocal rank) | weighted (normalised scores)
+    rrf_k: int = 60  # RRF's smoothing constant
+    dense_weight: float = 0.5  # weighted fusion: weight of the dense score, 0..1
+    bm25_weight: float = 0.5  # weighted fusion: weight of the BM25 score, 0..1
+    candidates: int = 50  # hybrid: rows each side fetches before fusion (at least k)
+
+
+@dataclass
 class RagConfig:
     name: str = MISSING
     source: RagSourceConfig = field(default_factory=RagSourceConfig)
@@ -380,6 +404,8 @@ class RagConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    lock: IngestLockConfig = field(default_factory=IngestLockConfig)
 
 
 # --------------------------------------------------------------------------- cluster
@@ -706,6 +732,7 @@ OWNER_CHECKS: tuple[str, ...] = (
     "modelchain.training.lora_targets",
     "modelchain.eval.metrics",
     "modelchain.core.vectorstore",
+    "modelchain.core.retriever",
     "modelchain.core.embedder",
     "modelchain.data.checks",
     "modelchain.serving.backend",
@@ -752,6 +779,8 @@ def _validate(cfg: DictConfig) -> None:
         need(0.0 <= train.lora.dropout < 1.0, "train.lora.dropout", "must be in [0, 1)")
     rag = cfg.rag
     need(rag.chunk.overlap < rag.chunk.tokens, "rag.chunk.overlap", "must be smaller than rag.chunk.tokens")
+    need(rag.lock.wait_s >= 0, "rag.lock.wait_s", f"must be >= 0, got {rag.lock.wait_s}")
+    need(rag.lock.lease_s > 0, "rag.lock.lease_s", f"must be > 0, got {rag.lock.lease_s}")
 
 
 # An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.

@@ -32,6 +32,7 @@ from modelchain.components.rag_changes import (
     read_stored,
 )
 from modelchain.core.embedder import BaseEmbedder
+from modelchain.core.ingest_lock import IngestBusy
 from modelchain.core.vectorstore import VECTOR_STORES, MilvusStore
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,30 @@ def ingest(
     overlap_tokens: int = 32,
     write_rows: int = 512,
     progress: bool = True,
+    lock_wait_s: float = 0.0,
+    lock_lease_s: float = 120.0,
 ) -> dict[str, Any]:
-    """Bring ``store`` in step with the documents under ``source_uri``; returns counts and timings."""
+    """Bring ``store`` in step with the documents under ``source_uri``; returns counts and timings.
+
+    Holds the collection's ingest lock throughout: another run into the same collection
+    makes this one wait up to ``lock_wait_s``, then stop (``IngestBusy``) with nothing written.
+    """
+    with store.ingest_lock(f"ingest of {source_uri}", lock_wait_s, lock_lease_s):
+        return _ingest(source_uri, store, embedder, include, exclude, chunk_tokens, overlap_tokens, write_rows,
+                       progress)
+
+
+def _ingest(
+    source_uri: str,
+    store: MilvusStore,
+    embedder: BaseEmbedder,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    chunk_tokens: int,
+    overlap_tokens: int,
+    write_rows: int,
+    progress: bool,
+) -> dict[str, Any]:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     documents = discover(source_uri, include, exclude, progress=progress)
@@ -130,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--include", nargs="*", default=list(DEFAULT_INCLUDE))
     parser.add_argument("--write-rows", type=int, default=512)
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="while another ingest writes the collection, wait this long for it (default: stop at once)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -138,9 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     embedder = make_embedder(args.runtime, batch_size=args.batch_size)
     store_class = VECTOR_STORES[args.backend]
     with store_class(args.milvus_uri, args.collection, embedder.dim, token=store_class.token_from_env()) as store:
-        stats = ingest(
-            args.source, store, embedder, args.include, (), args.chunk_tokens, args.overlap, args.write_rows
-        )
+        try:
+            stats = ingest(
+                args.source, store, embedder, args.include, (), args.chunk_tokens, args.overlap, args.write_rows,
+                lock_wait_s=args.wait,
+            )
+        except IngestBusy as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print(json.dumps(stats, indent=2))
     return 0
 

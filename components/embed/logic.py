@@ -30,9 +30,12 @@ def embed_changes(
     import numpy as np
 
     from modelchain.components.rag_changes import plan_changes
-    from modelchain.components.rag_settings import open_embedder, open_store
+    from modelchain.components.rag_settings import ingest_lock, open_embedder, open_store
 
-    with open_store(rag) as store:
+    with ingest_lock(rag, "rag_ingest embed (plan)"), open_store(rag) as store:
+        # A collection that verify could not search in the configured mode: say so before any work.
+        if rag.retrieval.mode != "dense" and store.exists():
+            store.require_bm25(f"rag.retrieval.mode={rag.retrieval.mode}")
         plan = plan_changes(store, chunks, quarantined=[q["source"] for q in quarantined])
     if not plan.chunks_to_embed:
         return plan, np.zeros((0, 0), dtype=np.float32)

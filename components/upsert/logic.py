@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from modelchain.components.rag_changes import ChangePlan, change_report, chunk_rows, plan_changes
+from modelchain.components.rag_changes import (
+    ChangePlan,
+    change_report,
+    check_plan_current,
+    chunk_rows,
+    plan_changes,
+)
 from modelchain.core.vectorstore import MilvusStore
 
 if TYPE_CHECKING:
@@ -18,9 +24,12 @@ if TYPE_CHECKING:
 
 def write_changes(rag: "DictConfig", plan: ChangePlan, vectors: "np.ndarray") -> dict:
     """Apply ``plan`` to the collection of a typed ``rag`` config; the counts of ``apply_changes``."""
-    from modelchain.components.rag_settings import open_store
+    from modelchain.components.rag_settings import ingest_lock, open_store
 
-    with open_store(rag) as store:
+    with ingest_lock(rag, "rag_ingest upsert"), open_store(rag) as store:
+        # Under the lock: a plan that another run overtook between embed and now is refused.
+        check_plan_current(store, plan)
+        store.next_write_token = plan.plan_id or None
         return apply_changes(store, plan, vectors)
 
 

@@ -33,16 +33,23 @@ def verify_ingest(rag: "DictConfig", chunks: Sequence[dict], quarantined: Sequen
     ``quarantined`` (the chunk step's ``{source, reason}`` records) are documents that could
     not be read this run: their stored rows were kept, so they count as expected.
     """
-    from modelchain.components.rag_settings import open_embedder, open_store
+    from modelchain.components.rag_settings import ingest_lock, open_embedder, open_store
 
     checks = rag.verify
     questions = [{"question": q.question, "source": q.source} for q in checks.questions]
-    with open_store(rag) as store:
-        return verify(
-            store, Retriever(store, open_embedder(rag)), chunks, questions, k=checks.k,
+    with ingest_lock(rag, "rag_ingest verify"), open_store(rag) as store:
+        result = verify(
+            store, Retriever.from_config(rag, store, open_embedder(rag)), chunks, questions, k=checks.k,
             min_recall=checks.min_recall, kept_sources=[q["source"] for q in quarantined],
             self_check_samples=checks.self_check_samples, min_self_recall=checks.min_self_recall,
         )
+        # Only a verified index is put behind the alias that retrievers read.
+        if result["passed"]:
+            previous = store.publish()
+            if previous:
+                result["report"] += (f"\n\nAlias {store.alias!r} moved from {previous!r} to {store.collection!r} "
+                                     f"(the old index is kept; drop it when no longer needed).\n")
+        return result
 
 
 def verify(
