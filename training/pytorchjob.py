@@ -376,15 +376,7 @@ class _Watcher:
 
     def _follow_master(self, pod) -> None:
         labels = pod.metadata.labels or {}
-        if labels.get("training.kubeflow.org/replica-type") != "master" or pod.status.phase == "Pending":
-            return
-        restarts = sum(s.restart_count or 0 for s in pod.status.container_statuses or [])
-        key = (pod.metadata.name, restarts)  # a restarted container gets a new stream
-        if key in self.streams:
-            return
-        thread = threading.Thread(target=self._stream, args=(pod.metadata.name,), daemon=True)
-        self.streams[key] = thread
-        thread.start()
+        follow_log(self.streams, pod, labels.get("training.kubeflow.org/replica-type") == "master", self._stream)
 
     def _stream(self, pod_name: str) -> None:
         try:
@@ -428,6 +420,20 @@ class _Watcher:
         self.stopped.set()
         for thread in list(self.streams.values()):
             thread.join(timeout=5)
+
+
+def follow_log(streams: dict, pod, is_leader: bool, stream) -> None:
+    """Start `stream(pod_name)` in a thread for the leader pod once it runs, once per container restart
+    (a restarted container gets a new stream); `streams` remembers what was started."""
+    if not is_leader or pod.status.phase == "Pending":
+        return
+    restarts = sum(s.restart_count or 0 for s in pod.status.container_statuses or [])
+    key = (pod.metadata.name, restarts)
+    if key in streams:
+        return
+    thread = threading.Thread(target=stream, args=(pod.metadata.name,), daemon=True)
+    streams[key] = thread
+    thread.start()
 
 
 def _stuck_reason(pod, now: dt.datetime, max_pending_s: float) -> Optional[str]:

@@ -20,7 +20,6 @@ path does.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from typing import Any, Callable, Optional
 
 from modelchain.training import pytorchjob
@@ -311,15 +310,7 @@ class _Watcher(pytorchjob._Watcher):
 
     def _follow_node_0(self, pod) -> None:
         labels = pod.metadata.labels or {}
-        if labels.get(INDEX_LABEL) != "0" or pod.status.phase == "Pending":
-            return
-        restarts = sum(s.restart_count or 0 for s in pod.status.container_statuses or [])
-        key = (pod.metadata.name, restarts)  # a restarted container gets a new stream
-        if key in self.streams:
-            return
-        thread = threading.Thread(target=self._stream, args=(pod.metadata.name,), daemon=True)
-        self.streams[key] = thread
-        thread.start()
+        pytorchjob.follow_log(self.streams, pod, labels.get(INDEX_LABEL) == "0", self._stream)
 
     def _stream(self, pod_name: str) -> None:
         try:
