@@ -51,6 +51,10 @@ class RegistryError(RuntimeError):
     """A registry request that cannot be carried out; the message is one line."""
 
 
+class NotRegistered(RegistryError):
+    """The registry answered that a model, alias or version does not exist."""
+
+
 class RegistryLockLost(RegistryError, LockLost):
     """The registry lock was lost before a write (see registry_lock.Lease.check); nothing was written."""
 
@@ -171,7 +175,7 @@ def get_registered_model(mlflow_client, name: str):
         return mlflow_client.get_registered_model(name)
     except MlflowException as exc:
         if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
-            raise RegistryError(f"no registered model {name!r}") from exc
+            raise NotRegistered(f"no registered model {name!r}") from exc
         raise
 
 
@@ -190,12 +194,12 @@ def get_version(mlflow_client, ref: ModelRef):
         version = aliases(model).get(ref.alias)
         if version is None:
             known = ", ".join(f"{a}={v}" for a, v in sorted(aliases(model).items())) or "none"
-            raise RegistryError(f"model {ref.name!r} has no alias {ref.alias!r} (aliases: {known})")
+            raise NotRegistered(f"model {ref.name!r} has no alias {ref.alias!r} (aliases: {known})")
     try:
         return mlflow_client.get_model_version(ref.name, str(version))
     except MlflowException as exc:
         if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
-            raise RegistryError(f"model {ref.name!r} has no version {version}") from exc
+            raise NotRegistered(f"model {ref.name!r} has no version {version}") from exc
         raise
 
 

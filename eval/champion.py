@@ -73,7 +73,7 @@ def _resolve_alias(setting: str, name: str, tracking_uri: str, dest) -> Champion
         mlflow_client = registry.client(tracking_uri)
         model = registry.get_registered_model(mlflow_client, name)
     except registry.RegistryError as exc:
-        if str(exc).startswith("no registered model"):
+        if isinstance(exc, registry.NotRegistered):  # the registry answered: no such model
             return Champion(setting, ABSENT, f"no champion yet: the registry has no model {name!r}")
         return Champion(setting, FAILED, f"the champion of {name!r} could not be looked up: {exc}")
     except Exception as exc:  # noqa: BLE001 (any failure to ask the registry fails closed)
@@ -95,12 +95,16 @@ def _resolve_reference(setting: str, tracking_uri: str, dest) -> Champion:
     from modelchain.core import registry
 
     try:
-        mlflow_client = registry.client(tracking_uri)
-        version = registry.get_version(mlflow_client, registry.ModelRef.parse(setting.removeprefix("models:/")))
+        ref = registry.ModelRef.parse(setting.removeprefix("models:/"))
     except registry.RegistryError as exc:
-        if "unreachable" in str(exc):
-            return Champion(setting, FAILED, f"eval.champion {setting} could not be looked up: {exc}")
+        raise ChampionError(f"eval.champion: {exc}") from exc
+    try:
+        mlflow_client = registry.client(tracking_uri)
+        version = registry.get_version(mlflow_client, ref)
+    except registry.NotRegistered as exc:  # the registry answered: that model, alias or version does not exist
         raise ChampionError(f"eval.champion: {setting}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 (the registry could not be asked: fail closed)
+        return Champion(setting, FAILED, f"eval.champion {setting} could not be looked up: {_one_line(exc)}")
     uri = f"models:/{version.name}/{version.version}"
     try:
         folder = registry.resolve_adapter(uri, dest, tracking_uri=tracking_uri)

@@ -75,5 +75,7 @@ def test_an_explicit_reference_that_does_not_exist_is_bad_input(mlflow_client, s
         resolve(f"models:/{NAME}/7", NAME, sqlite_uri)
     with pytest.raises(ChampionError, match="no registered model 'elsewhere'"):
         resolve("models:/elsewhere@champion", NAME, sqlite_uri)
+    with pytest.raises(ChampionError, match="is not a model reference"):
+        resolve("models:/a b c", NAME, sqlite_uri)
     with pytest.raises(ChampionError, match="registered model's name is needed"):
         resolve("auto", "", sqlite_uri)
