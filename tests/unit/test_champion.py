@@ -76,6 +76,6 @@ def test_an_explicit_reference_that_does_not_exist_is_bad_input(mlflow_client, s
     with pytest.raises(ChampionError, match="no registered model 'elsewhere'"):
         resolve("models:/elsewhere@champion", NAME, sqlite_uri)
     with pytest.raises(ChampionError, match="is not a model reference"):
-        resolve("models:/a b c", NAME, sqlite_uri)
+        resolve("models:/m/latest", NAME, sqlite_uri)
     with pytest.raises(ChampionError, match="registered model's name is needed"):
         resolve("auto", "", sqlite_uri)
