@@ -49,16 +49,20 @@ if missing_tools(SERVE.canary.vllm_python):
 
 
 def make_lora(base_dir: Path, out: Path, seed: int) -> Path:
-    """A LoRA adapter for the base model with non-zero weights (peft, as the trainer saves it)."""
+    """A LoRA adapter for the base model with non-zero weights (peft, as the trainer saves it),
+    with the manifest the finetune step writes beside it."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from modelchain.core.artifacts import write_manifest
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                                                   init_lora_weights=False, task_type="CAUSAL_LM"))
     peft_model.save_pretrained(out)
+    write_manifest(out)
     return out
 
 
