@@ -197,7 +197,7 @@ class EvalConfig:
     bootstrap_resamples: int = 2000
     confidence: float = 0.95
     seed: int = 0
-    # lm-evaluation-harness tasks from local files: names (modelchain_test_split is built in)
+    # lm-evaluation-harness tasks from local files: names (built in: modelchain_test_split, modelchain_arithmetic)
     # and a folder of task YAMLs; empty list = off.
     harness_tasks: list[str] = field(default_factory=list)
     harness_task_dir: str = ""

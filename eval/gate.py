@@ -179,7 +179,8 @@ def decide(
     """
     challenger = scores["challenger"]
     summary = summary or {}
-    n = min((len(v) for v in challenger.values()), default=0)
+    # The evaluated examples; lm-eval tasks (harness.*) count their own documents.
+    n = min((len(v) for k, v in challenger.items() if not k.startswith("harness.")), default=0)
     checks = [Check("min_examples", n >= policy.min_examples, f"{n} evaluated, need {policy.min_examples}")]
 
     for metric, floor in sorted(policy.thresholds.items()):

@@ -90,10 +90,12 @@ def run(
     if ev.harness_tasks:
         from modelchain.eval.harness import run_for_sides
 
-        harness = run_for_sides(base_dir, adapters, list(ev.harness_tasks), ev.harness_task_dir,
-                                _split(splits_dir, "test") or rows, ev.max_new_tokens, limit=ev.max_examples)
-        for side, scores_ in harness.items():
-            means[side].update(scores_)
+        harness_means, harness_scores = run_for_sides(
+            base_dir, adapters, list(ev.harness_tasks), ev.harness_task_dir, _split(splits_dir, "test") or rows,
+            ev.max_new_tokens, limit=ev.max_examples)
+        for side in harness_means:
+            means[side].update(harness_means[side])
+            scores[side].update(harness_scores[side])  # paired per task metric in the gate report
 
     results = {
         "n_examples": len(rows),

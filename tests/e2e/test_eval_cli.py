@@ -113,7 +113,24 @@ def test_lm_eval_harness_task_from_the_test_split(tiny_model, adapter):
 
     rows = [{"messages": [{"role": "user", "content": f"Ticket {i}: charged twice"},
                           {"role": "assistant", "content": "billing"}]} for i in range(4)]
-    scores = run_for_sides(tiny_model, {"base": None, "challenger": adapter}, [TEST_SPLIT_TASK], "", rows,
-                           max_new_tokens=4)
+    means, per_example = run_for_sides(tiny_model, {"base": None, "challenger": adapter}, [TEST_SPLIT_TASK], "",
+                                       rows, max_new_tokens=4)
+    key = f"harness.{TEST_SPLIT_TASK}.exact_match"
     for side in ("base", "challenger"):
-        assert 0.0 <= scores[side][f"harness.{TEST_SPLIT_TASK}.exact_match"] <= 1.0
+        assert 0.0 <= means[side][key] <= 1.0
+        assert len(per_example[side][key]) == 4 and sum(per_example[side][key]) / 4 == means[side][key]
+
+
+def test_the_numeric_benchmark_through_the_eval_command_is_paired(tmp_path, tiny_model, routing_dataset, adapter):
+    """modelchain_arithmetic (built in, GSM8K-shaped) run by `modelchain eval` on both sides, paired in the report."""
+    out = tmp_path / "out"
+    done = run_cli(*args(tiny_model, routing_dataset, adapter, out, "eval.harness_tasks=[modelchain_arithmetic]"),
+                   home=tmp_path / "home")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    key = "harness.modelchain_arithmetic.exact_match"
+    for side in ("base", "challenger"):
+        assert len(results["scores"][side][key]) == 8  # eval=smoke: 8 problems, the same on both sides
+        assert results[side][key] == sum(results["scores"][side][key]) / 8
+    row = next(line for line in (out / "gate_report.md").read_text().splitlines() if line.startswith(f"| {key} |"))
+    assert row.count("[") == 1 and row.rstrip(" |").endswith("]")  # challenger - base, with its paired interval
