@@ -195,7 +195,9 @@ class PrometheusAnalysis:
         w = f"{max(int(window_s), 2)}s"
         requests_sel = f'{sel},handler=~"{COMPLETION_HANDLERS}"'
         log: list[dict[str, Any]] = []
-        up = self._scalar(f"min(up{{{sel}}})", log)
+        # Down = no scrape answered in the whole window: a crashed server, not one scrape that
+        # timed out (the timeout is the 1 s scrape interval, and a busy CPU server can miss one).
+        up = self._scalar(f"min(max_over_time(up{{{sel}}}[{w}]))", log)
         # Requests from the duration histogram (no status label: its series exists from the first
         # request on), errors = requests - 2xx. Counting errors on their own status series would
         # miss the first ones: a series born inside the window has no earlier sample to rise from.
