@@ -111,25 +111,23 @@ def arithmetic_problems(n: int = ARITHMETIC_PROBLEMS, seed: int = ARITHMETIC_SEE
 
 def write_arithmetic_task(folder: Path, max_new_tokens: int = 16) -> Path:
     """The built-in numeric task, its problems and YAML written into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data = folder / f"{ARITHMETIC_TASK}.jsonl"
-    data.write_text("".join(json.dumps(p) + "\n" for p in arithmetic_problems()))
-    (folder / f"{ARITHMETIC_TASK}.yaml").write_text(
-        _ARITHMETIC_YAML.format(task=ARITHMETIC_TASK, data=json.dumps(str(data)), max_new_tokens=max_new_tokens)
-    )
-    return folder
+    return _write_task(folder, ARITHMETIC_TASK, _ARITHMETIC_YAML, arithmetic_problems(), max_new_tokens)
 
 
 def write_test_split_task(rows: Sequence[dict], folder: Path, max_new_tokens: int = 16) -> Path:
     """The built-in task over `rows` (chat rows of the test split), written into `folder`."""
+    documents = [{"question": row["messages"][-2]["content"], "answer": row["messages"][-1]["content"]}
+                 for row in rows]
+    return _write_task(folder, TEST_SPLIT_TASK, _TEST_SPLIT_YAML, documents, max_new_tokens)
+
+
+def _write_task(folder: Path, task: str, template: str, documents: Sequence[dict], max_new_tokens: int) -> Path:
+    """`documents` as TASK.jsonl and the task's YAML (`template`, naming that file) in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    data = folder / f"{TEST_SPLIT_TASK}.jsonl"
-    with open(data, "w") as handle:
-        for row in rows:
-            handle.write(json.dumps({"question": row["messages"][-2]["content"],
-                                     "answer": row["messages"][-1]["content"]}) + "\n")
-    (folder / f"{TEST_SPLIT_TASK}.yaml").write_text(
-        _TEST_SPLIT_YAML.format(task=TEST_SPLIT_TASK, data=json.dumps(str(data)), max_new_tokens=max_new_tokens)
+    data = folder / f"{task}.jsonl"
+    data.write_text("".join(json.dumps(document) + "\n" for document in documents))
+    (folder / f"{task}.yaml").write_text(
+        template.format(task=task, data=json.dumps(str(data)), max_new_tokens=max_new_tokens)
     )
     return folder
 
