@@ -38,6 +38,7 @@ import random
 import statistics
 import subprocess
 import sys
+import time
 import tempfile
 from pathlib import Path
 
@@ -88,6 +89,22 @@ def model_dir(kind: str, workdir: Path) -> Path:
 # ---------------------------------------------------------------------------- the two sides
 
 
+def _train_clock():
+    """({"start", "end"} filled by the callback, the callback): the wall time of a Trainer's train()."""
+    from transformers import TrainerCallback
+
+    clock: dict[str, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            clock["start"] = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            clock["end"] = time.perf_counter()
+
+    return clock, Clock()
+
+
 def run_ours(args) -> dict:
     from modelchain.training.local_trainer import train_lora
 
@@ -107,8 +124,6 @@ def run_ours(args) -> dict:
 
 
 def run_hf(args) -> dict:
-    import time
-
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (
@@ -116,7 +131,6 @@ def run_hf(args) -> dict:
         AutoTokenizer,
         DataCollatorForSeq2Seq,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
     )
 
@@ -159,14 +173,7 @@ def run_hf(args) -> dict:
         padding["slots"] += batch["attention_mask"].numel()
         return batch
 
-    clock = {}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            clock["start"] = time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            clock["end"] = time.perf_counter()
+    clock, timer = _train_clock()
 
     training_args = TrainingArguments(
         output_dir=str(Path(args.workdir) / "hf-out"), per_device_train_batch_size=args.batch_size,
@@ -175,7 +182,7 @@ def run_hf(args) -> dict:
         train_sampling_strategy="sequential", disable_tqdm=True, seed=0, remove_unused_columns=False,
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=counting_collator,
-                      optimizers=(optimizer, scheduler), callbacks=[Clock()])
+                      optimizers=(optimizer, scheduler), callbacks=[timer])
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
@@ -200,12 +207,11 @@ def run_trl(args) -> dict:
     bf16 and gradient checkpointing are off, as on our side.
     """
     import math
-    import time
 
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
     from trl.data_utils import pack_dataset
 
@@ -237,14 +243,7 @@ def run_trl(args) -> dict:
     steps = math.ceil(math.ceil(packed / rows_per_batch) / args.grad_accum)
 
     counted = {"tokens": 0}
-    clock = {}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            clock["start"] = time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            clock["end"] = time.perf_counter()
+    clock, timer = _train_clock()
 
     config = SFTConfig(
         output_dir=str(Path(args.workdir) / "trl-out"), per_device_train_batch_size=rows_per_batch,
@@ -255,7 +254,7 @@ def run_trl(args) -> dict:
         completion_only_loss=True,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora, callbacks=[Clock()])
+                         peft_config=lora, callbacks=[timer])
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     warmup = max(1, round(0.1 * steps))
