@@ -44,7 +44,7 @@ $(NEMO_STAMP): requirements-nemo.txt constraints-nemo.txt pyproject.toml setup.p
 	touch $(NEMO_STAMP)
 
 # The local canary's serving stack: vLLM's CPU build in its own venv (about 3.5 GB), plus
-# nginx and Prometheus from Debian when they are not on PATH.
+# nginx (with njs), mtail and Prometheus from Debian when they are missing.
 SERVE_VENV := .venv-vllm
 SERVE_PY := $(SERVE_VENV)/bin/python
 SERVE_STAMP := $(SERVE_VENV)/.installed
@@ -60,9 +60,13 @@ $(SERVE_STAMP): requirements-serve.txt
 	$(SERVE_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $(SERVE_STAMP)
 
+# nginx's njs module splits a model name between adapter versions; mtail turns its access log
+# into per-version Prometheus series (serving/adapter_router.py).
 serve-tools:
-	@if ! command -v nginx >/dev/null || ! command -v prometheus >/dev/null; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx prometheus; \
+	@if ! command -v nginx >/dev/null || ! command -v prometheus >/dev/null || ! command -v mtail >/dev/null \
+		|| ! test -f /usr/lib/nginx/modules/ngx_http_js_module.so; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			nginx libnginx-mod-http-js prometheus mtail; \
 	fi
 
 # The components image (Dockerfile), built with podman or Docker; its reference is the last

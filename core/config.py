@@ -235,8 +235,17 @@ class ServeCanaryConfig:
     # Traffic replayed through the router during the rollout (validation split prompts).
     traffic_concurrency: int = 2
     traffic_max_tokens: int = 16
-    # Fault injected into the local candidate for drills: "" | unknown_model (the candidate loads
-    # its adapter under another name, so it answers the public name with 404).
+    # Quality probe at every analysis step (serving/probe.py): this many validation prompts with
+    # references asked of each side directly, scored by the gate's first eval.compare_metrics;
+    # the step fails when the canary's mean is below the stable's by more than the margin.
+    probe_examples: int = 8  # 0: no probe
+    probe_margin: float = 0.1
+    probe_max_tokens: int = 32
+    probe_url: str = ""  # cluster: where the versioned names answer (the gateway); local: the stack's server
+    # Seconds between taking a version's traffic away and unloading it (in-flight requests finish).
+    drain_s: float = 2.0
+    # Fault injected into the local candidate for drills (serving/local_stack.py FAULTS): "" |
+    # unknown_model (the candidate stops answering its name: 404) | wrong_answers (it answers fast and wrong).
     fault: str = ""
 
 
@@ -244,6 +253,9 @@ class ServeCanaryConfig:
 class ServeConfig:
     name: str = MISSING
     engine: str = "local-vllm"  # the serving backend: a name in modelchain.serving.backend.ENGINES
+    # adapter: the candidate is a new LoRA version loaded into the running pool, traffic split by
+    # versioned adapter name; pool: two pools (stable, canary) behind a weighted route, for a new base model.
+    rollout: str = "adapter"
     image: str = "vllm/vllm-openai:v0.11.0"
     served_model_name: str = "modelchain"
     max_loras: int = 4
@@ -284,6 +296,11 @@ class ServeConfig:
     hostnames: list[str] = field(default_factory=list)
     path_prefix: str = "/v1"
     request_timeout: str = "300s"  # a long completion must not be cut by the gateway's default
+    # -- adapter-level rollout on the cluster (serving/adapter_manifests.py, k8s_adapter.py)
+    epp_service: str = ""  # the InferencePool's endpoint picker Service (llm-d's chart); "" = <app_name>-epp
+    epp_port: int = 9002
+    objective_priority: int = 0  # the public name's InferenceObjective priority
+    runtime_adapter_dir: str = ""  # where versions are put for the pods to load; "" = <cluster.fsx.mount_path>/adapters
 
 
 # --------------------------------------------------------------------------- rag

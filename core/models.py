@@ -162,8 +162,9 @@ def create_tiny_llama(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        # Head size 32: the smallest vLLM's CPU attention serves, so the local canary runs on it.
+        num_attention_heads=2,
+        num_key_value_heads=1,
         max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

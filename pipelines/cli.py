@@ -384,6 +384,14 @@ def cmd_render(args) -> int:
             from modelchain.training.backends import get
 
             manifests = get(cfg.cluster.training.backend).render(cfg, args.name)
+        elif args.what == "serving" and cfg.serve.rollout == "adapter":
+            # One pool serving the given version; the canary step loads later ones into it.
+            from modelchain.serving import adapter_manifests
+
+            if args.stable_uri or args.stable_version or args.stable_sha256 or args.canary_weight:
+                raise CliError("render serving: --stable-* and --canary-weight describe two pools (serve.rollout=pool); "
+                               "with serve.rollout=adapter give only the version the pool serves")
+            manifests = adapter_manifests.render(cfg, args.adapter_uri, args.version, adapter_sha256=args.adapter_sha256)
         elif args.what == "serving":
             from modelchain.serving.manifests import render
 

@@ -94,7 +94,7 @@ def build(cfg: DictConfig):
             place(
                 canary_op(
                     serve=group_json(cfg, "serve"), model=group_json(cfg, "model"), cluster=group_json(cfg, "cluster"),
-                    model_uri=registered.output, splits=prep.outputs["splits"],
+                    eval=group_json(cfg, "eval"), model_uri=registered.output, splits=prep.outputs["splits"],
                 ),
                 cluster,
             )

@@ -99,6 +99,7 @@ class Verdict:
     canary: SideMetrics
     stable: SideMetrics
     checks: list[Check] = field(default_factory=list)
+    probe: Optional[dict[str, Any]] = None  # the quality probe's scores (probe.ProbedAnalysis)
 
     @property
     def reasons(self) -> list[str]:
@@ -221,3 +222,55 @@ class PrometheusAnalysis:
 
     def analyse(self, canary_window_s: int, stable_window_s: int, thresholds: Thresholds) -> Verdict:
         return judge(self.measure("canary", canary_window_s), self.measure("stable", stable_window_s), thresholds)
+
+
+@dataclass(frozen=True)
+class TargetSeries:
+    """The per-target series of a router that splits one model name between versioned names:
+    counters of requests and errors and a latency histogram, labelled `target_model_name`."""
+
+    requests: str
+    errors: str
+    duration: str
+    source: str
+
+    def describe(self) -> str:
+        return f"{self.source}: {self.requests}, {self.errors}, {self.duration}"
+
+
+# The local router (serving/adapter_router.py: nginx + njs, counted by mtail from its access log).
+LOCAL_ROUTER_SERIES = TargetSeries("modelchain_router_request_total", "modelchain_router_request_error_total",
+                                   "modelchain_router_request_duration_seconds", "nginx access log via mtail")
+# llm-d's endpoint picker (llm-d/llm-d-router v0.10.0, pkg/epp/metrics), on the cluster.
+LLM_D_EPP_SERIES = TargetSeries("llm_d_epp_request_total", "llm_d_epp_request_error_total",
+                                "llm_d_epp_request_duration_seconds", "llm-d endpoint picker")
+
+
+class TargetAnalysis(PrometheusAnalysis):
+    """Each side is an adapter version: its series are those whose `target_model_name` is the
+    side's versioned name (read when measured, since promotion moves names between sides).
+
+    There is no time to first token per target (answers are not streamed through the router):
+    the TTFT checks report no data. `up_selector` picks the pool's servers (both sides share them).
+    """
+
+    def __init__(self, url: str, series: TargetSeries, targets: Callable[[], dict[str, str]],
+                 up_selector: str = "", extra_selector: str = "", timeout_s: float = 10.0):
+        super().__init__(url, lambda: {side: f'target_model_name="{name}"' for side, name in targets().items()}, timeout_s)
+        self.series, self.up_selector, self.extra_selector = series, up_selector, extra_selector
+
+    def describe(self) -> str:
+        return f"prometheus {self.url}, per version from {self.series.describe()} ({self.selectors})"
+
+    def measure(self, side: str, window_s: int) -> SideMetrics:
+        sel = self.selectors[side] + (f",{self.extra_selector}" if self.extra_selector else "")
+        w = f"{max(int(window_s), 2)}s"
+        log: list[dict[str, Any]] = []
+        up = self._scalar(f"min(max_over_time(up{{{self.up_selector}}}[{w}]))", log) if self.up_selector else None
+        requests = self._scalar(f"sum(increase({self.series.requests}{{{sel}}}[{w}]))", log) or 0.0
+        errors = self._scalar(f"sum(increase({self.series.errors}{{{sel}}}[{w}]))", log) or 0.0
+        latency = self._scalar(
+            f"histogram_quantile(0.95, sum by (le) (increase({self.series.duration}_bucket{{{sel}}}[{w}])))", log)
+        return SideMetrics(side=side, window_s=int(window_s), requests=round(requests, 3), errors=round(errors, 3),
+                           error_rate=(min(errors / requests, 1.0) if requests > 0 else None), p95_latency_s=latency,
+                           p95_ttft_s=None, up=None if up is None else up >= 1, queries=log)

@@ -6,9 +6,12 @@ canary side, for the router that moves the weights, for where the analysis reads
 side's metrics, to scale the canary down, and to stop what it started. The controller
 (controller.py) and the rollout driver (rollout.py) only ever talk to this interface.
 
-Engines are registered by name in `ENGINES` ("module:Class", imported only when picked, so
-config validation stays light). Adding one: a module with a `ServingBackend` subclass, its
-line in `ENGINES`, and a `configs/serve/<option>.yaml` that sets `engine:` to its name.
+Engines are registered by name in `ENGINES`, one "module:Class" per rollout kind (imported only
+when picked, so config validation stays light): `serve.rollout=adapter` (the default for LoRA
+versions) serves both versions as versioned adapter names on one pool and splits the public
+name between them; `pool` moves traffic between two pools (a change of base model). Adding an
+engine: a module with a `ServingBackend` subclass, its line in `ENGINES`, and a
+`configs/serve/<option>.yaml` that sets `engine:` to its name.
 
 This module also owns the lists of serving options and checks them for config validation
 (`check_config`, listed in core.config.OWNER_CHECKS).
@@ -17,19 +20,31 @@ This module also owns the lists of serving options and checks them for config va
 from __future__ import annotations
 
 import importlib
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 
 if TYPE_CHECKING:
     from modelchain.serving.controller import Analysis
+    from modelchain.serving.probe import ProbeTarget
     from modelchain.serving.router import TrafficRouter
 
-# serve.engine -> "module:Class"
-ENGINES: dict[str, str] = {
-    "local-vllm": "modelchain.serving.local_vllm:LocalVllmBackend",
-    "k8s-vllm": "modelchain.serving.k8s_vllm:KubernetesVllmBackend",
+# serve.engine -> serve.rollout -> "module:Class"
+ENGINES: dict[str, dict[str, str]] = {
+    "local-vllm": {
+        "adapter": "modelchain.serving.local_adapter:LocalAdapterBackend",
+        "pool": "modelchain.serving.local_vllm:LocalVllmBackend",
+    },
+    "k8s-vllm": {
+        "adapter": "modelchain.serving.k8s_adapter:KubernetesAdapterBackend",
+        "pool": "modelchain.serving.k8s_vllm:KubernetesVllmBackend",
+    },
 }
+ROLLOUTS = ("adapter", "pool")
+# Suffixes of the names a pool serves besides the public one: `<public>-base` (the base model),
+# `<public>-v<version>` (a registered version).
+RESERVED_NAME = re.compile(r".*-(base|v\d+)$")
 # serve.canary.enabled: auto runs the canary where the engine can run, true insists, false skips.
 ENABLED = ("auto", "true", "false")
 
@@ -42,6 +57,16 @@ class Rollout:
     model: str
     candidate: str
     champion: Optional[str] = None
+
+    @classmethod
+    def from_aliases(cls, model: str, candidate: str, aliases: dict[str, str]) -> "Rollout":
+        """The rollout of `candidate` given the registry's aliases. Where an earlier run already
+        moved `champion` to the candidate (a promotion it did not finish), the stable side to
+        retire is the version that served before it (`previous`)."""
+        champion = aliases.get("champion")
+        if champion == candidate:
+            champion = aliases.get("previous")
+        return cls(model, candidate, champion)
 
 
 class ServingBackend(ABC):
@@ -96,6 +121,10 @@ class ServingBackend(ABC):
         """Where replayed client traffic goes (only where `replays_traffic`)."""
         return None
 
+    def probe_targets(self) -> Optional[dict[str, "ProbeTarget"]]:
+        """Where the quality probe asks each side, addressed directly (None: it cannot here)."""
+        return None
+
     def report(self) -> dict[str, Any]:
         """What the rollout report adds about the engine ({}: nothing)."""
         return {}
@@ -107,17 +136,19 @@ class ServingBackend(ABC):
         self.stop()
 
 
-def backend_class(engine: str) -> type[ServingBackend]:
-    """The ServingBackend registered under `engine` (a serve.engine value)."""
+def backend_class(engine: str, rollout: str = "adapter") -> type[ServingBackend]:
+    """The ServingBackend registered under `engine` (a serve.engine value) for `rollout` (serve.rollout)."""
     if engine not in ENGINES:
         raise ValueError(f"serve.engine: unknown engine {engine!r} (registered: {', '.join(ENGINES)})")
-    module, _, cls = ENGINES[engine].partition(":")
+    if rollout not in ENGINES[engine]:
+        raise ValueError(f"serve.rollout: must be {' or '.join(ENGINES[engine])}, got {rollout!r}")
+    module, _, cls = ENGINES[engine][rollout].partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
 def make_backend(serve, cluster, model) -> ServingBackend:
-    """The backend `serve.engine` names, for these typed config groups."""
-    return backend_class(serve.engine)(serve, cluster, model)
+    """The backend `serve.engine` and `serve.rollout` name, for these typed config groups."""
+    return backend_class(serve.engine, serve.rollout)(serve, cluster, model)
 
 
 def check_config(cfg, need) -> None:
@@ -128,9 +159,13 @@ def check_config(cfg, need) -> None:
 
     serve = cfg.serve
     need(serve.engine in ENGINES, "serve.engine", f"unknown engine {serve.engine!r} (registered: {', '.join(ENGINES)})")
+    need(serve.rollout in ROLLOUTS, "serve.rollout", f"must be {' or '.join(ROLLOUTS)}, got {serve.rollout!r}")
     steps = list(serve.canary_steps)
-    need(bool(steps) and all(0 < s <= 100 for s in steps) and steps == sorted(set(steps)), "serve.canary_steps",
-         f"must be increasing percentages in 1..100, got {steps}")
+    need(bool(steps) and all(0 < s <= 100 for s in steps) and steps == sorted(set(steps)) and steps[-1] == 100,
+         "serve.canary_steps", f"must be increasing percentages in 1..100 ending at 100, got {steps}")
+    need(not RESERVED_NAME.match(serve.served_model_name), "serve.served_model_name",
+         f"{serve.served_model_name!r} clashes with the names the pool serves besides it "
+         "(<name>-base for the base model, <name>-v<version> for each version): choose one without that suffix")
     need(serve.analysis_interval_s >= 1, "serve.analysis_interval_s", "must be >= 1")
     canary = serve.canary
     # Hydra parses `enabled=true` as a bool, which the str field keeps as "True".
@@ -141,3 +176,6 @@ def check_config(cfg, need) -> None:
     for key in ("max_latency_ratio", "max_ttft_ratio"):
         need(canary[key] >= 1.0, f"serve.canary.{key}", f"must be >= 1.0, got {canary[key]}")
     need(canary.min_requests >= 1, "serve.canary.min_requests", "must be >= 1")
+    need(canary.probe_margin >= 0, "serve.canary.probe_margin", f"must be >= 0, got {canary.probe_margin}")
+    need(canary.probe_examples >= 0, "serve.canary.probe_examples", "must be >= 0 (0: no quality probe)")
+    need(canary.drain_s >= 0, "serve.canary.drain_s", "must be >= 0")

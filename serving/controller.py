@@ -1,18 +1,22 @@
 """The canary controller: move traffic step by step, analyse each step, promote or roll back.
 
-The same loop drives nginx locally and an HTTPRoute on the cluster (router.py,
-httproute.py). Its state lives outside it, so a controller that restarts continues:
+The same loop drives every router (serving/router.py, adapter_router.py, httproute.py). Its
+state lives outside it, so a controller that restarts continues. The decision is recorded on
+the candidate's version (tag `canary.outcome`) before anything acts on it, so a crash between
+two actions is finished by the next run, never reversed:
 
-- the candidate already has alias `champion`          -> promotion finished or half done: finish it
-- the candidate's version tag `canary.outcome` is rolled_back -> clean up (weights to stable, scale down)
-- the router sends the canary 0 %                     -> a fresh rollout from the first step
-- the router sends the canary w %                     -> resume at that step and analyse it again
+- outcome `promoting`, or the candidate already has alias `champion` -> finish the promotion
+- outcome `rolled_back`                                    -> finish the rollback (weights to stable, unload)
+- outcome `promoted` while another version is champion     -> nothing to do (it was superseded)
+- the router sends the canary 0 %                          -> a fresh rollout from the first step
+- the router sends the canary w %                          -> resume at that step and analyse it again
 
-Rollback: weights back to stable, the canary scaled down, registry aliases untouched (only a
-version tag records the outcome). Promotion: the candidate gets alias `champion` while it
-serves all traffic, then the stable side takes it over (weights 100/0), then the canary is
-scaled down. Every step and every Prometheus query go into the rollout report (JSON and
-Markdown, rewritten atomically after each event).
+Rollback: outcome tag, then weights back to stable, then the canary's version unloaded (or its
+pool scaled down); registry aliases untouched. Promotion: outcome `promoting`, the candidate
+takes all traffic, alias `champion` moves to it, the stable side takes it over (weights
+100/0), the old stable is unloaded after a drain, outcome `promoted`. Every step and every
+Prometheus query go into the rollout report (JSON and Markdown, rewritten atomically after
+each event).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from modelchain.serving.router import TrafficRouter
 from modelchain.core.io import atomic_write_json, atomic_write_text
 
 OUTCOME_TAG = "canary.outcome"
-PROMOTED, ROLLED_BACK = "promoted", "rolled_back"
+PROMOTING, PROMOTED, ROLLED_BACK = "promoting", "promoted", "rolled_back"
 
 
 class Analysis(Protocol):
@@ -160,6 +164,8 @@ def run_canary(
         return CanaryResult(outcome, reason, report.json_path, report.data)
 
     def rollback(reason: str) -> CanaryResult:
+        registry_hooks.record_outcome(ROLLED_BACK, reason)  # first: a restart finishes the rollback
+        report.event("registry", outcome_tag=ROLLED_BACK, aliases="untouched")
         router.set_weights(100, 0)
         report.event("weights", stable=100, canary=0, why="rollback")
         first = report.data.get("first_canary_traffic_t_s")
@@ -167,11 +173,12 @@ def run_canary(
             report.data["time_to_rollback_s"] = round(clock() - report.t0 - first, 3)
         scale_down_canary()
         report.event("scale_down_canary")
-        registry_hooks.record_outcome(ROLLED_BACK, reason)
-        report.event("registry", outcome_tag=ROLLED_BACK, aliases="untouched")
         return finish(ROLLED_BACK, reason)
 
     def promote(reason: str) -> CanaryResult:
+        if registry_hooks.outcome() != PROMOTING:
+            registry_hooks.record_outcome(PROMOTING, reason)  # first: a restart finishes the promotion
+            report.event("registry", outcome_tag=PROMOTING)
         if promote_serving is None:
             # Nothing can take the candidate over on the stable side: it keeps all traffic.
             if router.weights() != {"stable": 0, "canary": 100}:
@@ -196,12 +203,17 @@ def run_canary(
         return finish(PROMOTED, reason)
 
     # -- resume from the state outside the controller
-    if aliases.get("champion") == registry_hooks.candidate:
-        report.event("resume", detail="candidate is already champion: finishing the promotion")
-        return promote("already champion when the controller started")
+    if aliases.get("champion") == registry_hooks.candidate or earlier == PROMOTING:
+        report.event("resume", detail=f"outcome {earlier!r}, champion {aliases.get('champion')!r}: finishing the promotion")
+        return promote("promotion decided by an earlier run")
+    if earlier == PROMOTED:
+        report.event("resume", detail=f"promoted earlier; version {aliases.get('champion')} is champion since")
+        return finish(PROMOTED, "promoted by an earlier run, superseded since")
     if earlier == ROLLED_BACK:
-        report.event("resume", detail="candidate was rolled back earlier: cleaning up")
-        router.set_weights(100, 0)
+        report.event("resume", detail="candidate was rolled back earlier: finishing the rollback")
+        if router.weights() != {"stable": 100, "canary": 0}:
+            router.set_weights(100, 0)
+            report.event("weights", stable=100, canary=0, why="rollback")
         scale_down_canary()
         report.event("scale_down_canary")
         return finish(ROLLED_BACK, "rolled back by an earlier run")

@@ -30,7 +30,10 @@ from typing import Optional
 from modelchain.serving.router import NginxRouter
 from modelchain.core.io import atomic_write_text
 
-FAULTS = ("", "unknown_model")
+# Drills injected into the candidate (serve.canary.fault): "" none; unknown_model: the candidate
+# stops answering its name after it was checked (404: an adapter evicted or misnamed);
+# wrong_answers: the candidate answers fast and wrong (its LoRA weights scrambled).
+FAULTS = ("", "unknown_model", "wrong_answers")
 
 
 class StackError(RuntimeError):
@@ -123,6 +126,7 @@ class LocalStack:
     prometheus: Optional[subprocess.Popen] = None
     prometheus_port: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    record: Optional["ProcessRecord"] = None  # where the started processes are recorded for a later run
 
     # -- lifecycle
     def __enter__(self) -> "LocalStack":
@@ -158,6 +162,8 @@ class LocalStack:
         )
         self.router.write_config(100, 0)
         self.router.start()
+        if self.record is not None:
+            self.record.add("nginx", self.router.pid())
         for slot in self.slots.values():
             self._wait_healthy(slot)
             self._warm_up(slot)
@@ -171,6 +177,8 @@ class LocalStack:
             slot.process = None
         _terminate(self.prometheus)
         self.prometheus = None
+        if self.record is not None:
+            self.record.clear()
 
     # -- roles and adapters
     def slot(self, role: str) -> VllmSlot:
@@ -193,7 +201,9 @@ class LocalStack:
         if fault not in FAULTS:
             raise StackError(f"serve.canary.fault: unknown fault {fault!r} (choose from {', '.join(map(repr, FAULTS))})")
         slot = self.slot(role)
-        name = self.spec.public_name if not fault else f"{self.spec.public_name}-misnamed"
+        name = self.spec.public_name if fault != "unknown_model" else f"{self.spec.public_name}-misnamed"
+        if fault == "wrong_answers":
+            adapter_dir = scrambled_adapter(adapter_dir, self.spec.workdir / f"scrambled-{role}")
         if slot.adapter == str(adapter_dir) and slot.lora_name == name:
             return
         self._unload(slot)
@@ -218,58 +228,15 @@ class LocalStack:
 
     # -- internals
     def _start_vllm(self, slot: VllmSlot) -> None:
-        spec = self.spec
-        env = {
-            **os.environ,
-            "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: plenty for a few short sequences
-            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
-            # Two servers share few cores with other work: spinning OpenMP threads bound to
-            # every core slow each other down by an order of magnitude, one thread does not.
-            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-            "OMP_NUM_THREADS": "1",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1",
-        }
-        cmd = [
-            spec.vllm_python, "-m", "vllm.entrypoints.openai.api_server",
-            "--host", "127.0.0.1", "--port", str(slot.port),
-            "--model", str(spec.base_model),
-            "--served-model-name", f"{spec.public_name}-base",
-            "--enable-lora", "--max-loras", str(spec.max_loras), "--max-lora-rank", str(spec.max_lora_rank),
-            "--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_num_seqs),
-            "--dtype", spec.dtype,
-        ]
-        log = open(slot.log, "ab")
-        slot.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log.close()
-        slot.started_s = time.monotonic()
+        start_vllm(self.spec, slot)
+        if self.record is not None:
+            self.record.add(f"vllm-{slot.name}", slot.process.pid, slot.process.args)
 
     def _wait_healthy(self, slot: VllmSlot) -> None:
-        deadline = slot.started_s + self.spec.start_timeout_s
-        while time.monotonic() < deadline:
-            if slot.process is not None and slot.process.poll() is not None:
-                raise StackError(f"vLLM slot {slot.name} exited with {slot.process.returncode}: {_tail(slot.log)}")
-            try:
-                status, _ = _http(f"{slot.url}/health", timeout=2)
-                if status == 200:
-                    self.timings[f"vllm_{slot.name}_ready_s"] = round(time.monotonic() - slot.started_s, 1)
-                    return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(1)
-        raise StackError(f"vLLM slot {slot.name} not healthy after {self.spec.start_timeout_s:.0f} s (log {slot.log})")
+        self.timings[f"vllm_{slot.name}_ready_s"] = wait_healthy(slot, self.spec.start_timeout_s)
 
     def _warm_up(self, slot: VllmSlot) -> None:
-        """One request on the base model: the first one is slow, and it creates the 2xx series."""
-        status, body = _http(
-            f"{slot.url}/v1/chat/completions",
-            {"model": f"{self.spec.public_name}-base", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 2},
-            timeout=300,
-        )
-        if status != 200:
-            raise StackError(f"vLLM slot {slot.name} warm-up failed: {status} {body[:300]}")
+        warm_up(slot, f"{self.spec.public_name}-base")
 
     def _unload(self, slot: VllmSlot) -> None:
         if slot.lora_name is None:
@@ -284,10 +251,143 @@ class LocalStack:
         self.prometheus, self.prometheus_port = start_prometheus(
             self.spec.workdir / "prometheus", targets, self.spec.scrape_interval_s
         )
+        if self.record is not None:
+            self.record.add("prometheus", self.prometheus.pid, self.prometheus.args)
 
 
-def start_prometheus(workdir: Path, targets: dict[str, str], scrape_interval_s: int = 1) -> tuple[subprocess.Popen, int]:
-    """A Prometheus on a free 127.0.0.1 port scraping each `slot -> address` target's /metrics."""
+def vllm_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: plenty for a few short sequences
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
+        # Servers share few cores with other work: spinning OpenMP threads bound to every
+        # core slow each other down by an order of magnitude, one thread does not.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+def start_vllm(spec: StackSpec, slot: VllmSlot) -> None:
+    """Start vLLM's OpenAI server for `slot`: the base model as `<public>-base`, LoRA adapters loadable at run time."""
+    cmd = [
+        spec.vllm_python, "-m", "vllm.entrypoints.openai.api_server",
+        "--host", "127.0.0.1", "--port", str(slot.port),
+        "--model", str(spec.base_model),
+        "--served-model-name", f"{spec.public_name}-base",
+        "--enable-lora", "--max-loras", str(spec.max_loras), "--max-lora-rank", str(spec.max_lora_rank),
+        "--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_num_seqs),
+        "--dtype", spec.dtype,
+    ]
+    with open(slot.log, "ab") as log:
+        slot.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=vllm_env(), start_new_session=True)
+    slot.started_s = time.monotonic()
+
+
+def wait_healthy(slot: VllmSlot, timeout_s: float) -> float:
+    """Until the slot's server answers /health; returns the seconds since it was started."""
+    deadline = slot.started_s + timeout_s
+    while time.monotonic() < deadline:
+        if slot.process is not None and slot.process.poll() is not None:
+            raise StackError(f"vLLM slot {slot.name} exited with {slot.process.returncode}: {_tail(slot.log)}")
+        try:
+            status, _ = _http(f"{slot.url}/health", timeout=2)
+            if status == 200:
+                return round(time.monotonic() - slot.started_s, 1)
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1)
+    raise StackError(f"vLLM slot {slot.name} not healthy after {timeout_s:.0f} s (log {slot.log})")
+
+
+def warm_up(slot: VllmSlot, model: str) -> None:
+    """One request on the base model: the first one is slow, and it creates the 2xx series."""
+    status, body = _http(
+        f"{slot.url}/v1/chat/completions",
+        {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 2},
+        timeout=300,
+    )
+    if status != 200:
+        raise StackError(f"vLLM slot {slot.name} warm-up failed: {status} {body[:300]}")
+
+
+class ProcessRecord:
+    """The processes a local stack started, in a JSON file outside its work folder.
+
+    The servers run in sessions of their own, so a crashed run leaves them behind; the next
+    run reads the record and stops each one that still runs the same command line (a pid
+    reused by another program is left alone).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def add(self, name: str, pid: int, argv: Optional[list] = None) -> None:
+        """Record `pid` with the command line it runs: `argv` for a child just started (its
+        /proc entry may still show the parent's until it has exec'd), else what /proc shows."""
+        entries = self._read()
+        entries[name] = {"pid": pid, "cmdline": " ".join(map(str, argv)) if argv else _cmdline(pid)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(entries, indent=2))
+
+    def stop_leftovers(self) -> list[str]:
+        """Stop the recorded processes that still run; returns what was stopped ("name pid")."""
+        stopped = []
+        for name, entry in self._read().items():
+            pid = int(entry["pid"])
+            if entry.get("cmdline") and _cmdline(pid) == entry["cmdline"]:
+                _kill_group(pid)
+                stopped.append(f"{name} {pid}")
+        self.clear()
+        return stopped
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _kill_group(pid: int, timeout_s: float = 20.0) -> None:
+    """SIGTERM to the process group led by `pid` (not a child of this process), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid):
+                return
+            time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return {"Z": "zombie"}.get(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0], "running")
+    except (OSError, IndexError):
+        return "gone"
+
+
+def start_prometheus(workdir: Path, targets: dict[str, str], scrape_interval_s: int = 1,
+                     extra_jobs: Optional[dict[str, str]] = None) -> tuple[subprocess.Popen, int]:
+    """A Prometheus on a free 127.0.0.1 port scraping each `slot -> address` target's /metrics
+    (job "vllm", labelled `slot`), and each `job -> address` of `extra_jobs`."""
     workdir.mkdir(parents=True, exist_ok=True)
     interval = f"{scrape_interval_s}s"
     config = {
@@ -296,7 +396,8 @@ def start_prometheus(workdir: Path, targets: dict[str, str], scrape_interval_s: 
             {
                 "job_name": "vllm",
                 "static_configs": [{"targets": [address], "labels": {"slot": slot}} for slot, address in targets.items()],
-            }
+            },
+            *({"job_name": job, "static_configs": [{"targets": [address]}]} for job, address in (extra_jobs or {}).items()),
         ],
     }
     config_path = workdir / "prometheus.yml"
@@ -364,6 +465,30 @@ def zero_adapter(candidate_dir: str | Path, out_dir: str | Path) -> Path:
     shutil.copy2(candidate_dir / "adapter_config.json", tmp / "adapter_config.json")
     weights = load_file(str(candidate_dir / "adapter_model.safetensors"))
     save_file({k: torch.zeros_like(v) for k, v in weights.items()}, str(tmp / "adapter_model.safetensors"))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def scrambled_adapter(candidate_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+    """The wrong_answers drill: an adapter of the candidate's shape whose B matrices are large
+    random noise. It loads and answers as fast as the candidate, and what it says is garbage."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    candidate_dir, out_dir = Path(candidate_dir), Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(candidate_dir / "adapter_config.json", tmp / "adapter_config.json")
+    weights = load_file(str(candidate_dir / "adapter_model.safetensors"))
+    generator = torch.Generator().manual_seed(seed)
+    noisy = {}
+    for key, tensor in weights.items():
+        if "lora_B" in key:
+            tensor = torch.randn(tensor.shape, generator=generator, dtype=torch.float32).to(tensor.dtype) * 2.0
+        noisy[key] = tensor.contiguous()
+    save_file(noisy, str(tmp / "adapter_model.safetensors"))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir

@@ -17,7 +17,8 @@ from typing import Any, Optional
 
 from modelchain.serving.analysis import PrometheusAnalysis
 from modelchain.serving.backend import Rollout, ServingBackend
-from modelchain.serving.local_stack import LocalStack, StackSpec, missing_tools, zero_adapter
+from modelchain.serving.local_stack import LocalStack, ProcessRecord, StackSpec, missing_tools, zero_adapter
+from modelchain.serving.probe import ProbeTarget
 from modelchain.serving.verify_adapter import verify
 
 # Head sizes vLLM 0.32's CPU attention backend accepts (CPUAttentionBackend.get_supported_head_sizes).
@@ -30,6 +31,65 @@ def head_size(model_dir: Path) -> Optional[int]:
         return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
     except (OSError, ValueError, KeyError, ZeroDivisionError):
         return None
+
+
+def process_record(cluster, rollout: Rollout) -> ProcessRecord:
+    """Where a local stack records its processes: beside the work folders, one file per model."""
+    return ProcessRecord(Path(cluster.workdir).resolve() / "canary" / f"{rollout.model}.processes.json")
+
+
+def stop_leftovers(record: ProcessRecord) -> None:
+    left = record.stop_leftovers()
+    if left:
+        print(f"canary: stopped what an earlier run left running: {', '.join(left)}", flush=True)
+
+
+def local_adapters(cluster) -> Path:
+    """Where local stacks keep the versions they fetch: `<cluster.workdir>/adapters`."""
+    return Path(cluster.workdir).resolve() / "adapters"
+
+
+def fetch_verified(adapters_root: str | Path, tracking_uri: str, rollout: Rollout) -> dict[str, Path]:
+    """version -> the adapter folder of the candidate (first) and the champion, fetched from the
+    registry into `<adapters_root>/<model>/<version>` and proven against their digests.
+
+    resolve_adapter checks each folder when it fetches or reuses it; the same check runs again
+    right before vLLM loads it (as the init container does on Kubernetes), so an adapter altered
+    in between is refused, naming the file and both digests.
+    """
+    from modelchain.core import registry
+
+    adapters = Path(adapters_root) / rollout.model
+    versions = [rollout.candidate]
+    if rollout.champion is not None and rollout.champion != rollout.candidate:
+        versions.append(rollout.champion)
+    proven = {version: registry.resolve_adapter(f"models:/{rollout.model}/{version}", adapters / version,
+                                                tracking_uri=tracking_uri) for version in versions}
+    digests = registry.adapter_digests(registry.client(tracking_uri), rollout.model, versions)
+    for version in versions:
+        verify(proven[version], digests[version], origin=f"models:/{rollout.model}/{version} at {proven[version]}")
+    return proven
+
+
+def check_base_model(adapter_dir: Path, base_model: Path, origin: str) -> None:
+    """Refuse an adapter trained on another base model than the one the server runs.
+
+    peft records the base as `base_model_name_or_path` (a folder or a Hub id); it matches when
+    the strings, the resolved folders or their last path parts agree. A new base model is a
+    pool rollout (serve.rollout=pool), not an adapter one.
+    """
+    try:
+        recorded = str(json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path") or "")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{origin}: cannot read adapter_config.json ({exc})") from exc
+    if not recorded:
+        return
+    served = Path(base_model)
+    same = (recorded == str(served) or Path(recorded).name.lower() == served.name.lower()
+            or (Path(recorded).exists() and Path(recorded).resolve() == served.resolve()))
+    if not same:
+        raise ValueError(f"{origin} was trained on base model {recorded!r} but the server runs {str(served)!r}: "
+                         "a change of base model needs serve.rollout=pool")
 
 
 class LocalVllmBackend(ServingBackend):
@@ -80,9 +140,11 @@ class LocalVllmBackend(ServingBackend):
         if self.stack is not None:
             return
         work = self._workdir(rollout)
+        record = process_record(self.cluster, rollout)
+        stop_leftovers(record)  # before the folder goes: a crashed run's nginx keeps its pid file there
         shutil.rmtree(work, ignore_errors=True)
         print(f"canary: starting the local stack (2 vLLM CPU servers, nginx, Prometheus) under {work}", flush=True)
-        self.stack = LocalStack(StackSpec.from_serve(self.serve, self.base_model, work))
+        self.stack = LocalStack(StackSpec.from_serve(self.serve, self.base_model, work), record=record)
         self._owns_stack = True
         try:
             self.stack.start()
@@ -97,23 +159,9 @@ class LocalVllmBackend(ServingBackend):
             self._owns_stack = False
 
     def deploy(self, rollout: Rollout) -> str:
-        """Fetch the champion's and the candidate's adapters from the registry, prove them, load them.
-
-        resolve_adapter checks each folder when it fetches or reuses it; the same check runs
-        again right before vLLM loads it (as the init container does on Kubernetes), so an
-        adapter altered in between is refused, naming the file and both digests.
-        """
-        from modelchain.core import registry
-
-        adapters = Path(self.cluster.workdir).resolve() / "adapters" / rollout.model
-        tracking_uri = self.cluster.mlflow.tracking_uri
-        proven = {}
-        versions = [rollout.candidate]
-        if rollout.champion is not None and rollout.champion != rollout.candidate:
-            versions.append(rollout.champion)
-        for version in versions:
-            uri = f"models:/{rollout.model}/{version}"
-            proven[version] = registry.resolve_adapter(uri, adapters / version, tracking_uri=tracking_uri)
+        """Fetch the champion's and the candidate's adapters from the registry, prove them, load them."""
+        proven = fetch_verified(local_adapters(self.cluster), self.cluster.mlflow.tracking_uri, rollout)
+        versions = list(proven)
         candidate = proven[rollout.candidate]
         if len(versions) == 2:
             stable = proven[rollout.champion]
@@ -121,9 +169,6 @@ class LocalVllmBackend(ServingBackend):
         else:
             stable = zero_adapter(candidate, self.stack.spec.workdir / "zero-adapter")
             label = "the base model (no champion yet; an all-zero adapter)"
-        digests = registry.adapter_digests(registry.client(tracking_uri), rollout.model, versions)
-        for version in versions:
-            verify(proven[version], digests[version], origin=f"models:/{rollout.model}/{version} at {proven[version]}")
         print(f"canary: stable serves {label}", flush=True)
         self.deploy_adapters(stable, candidate, label, rollout.candidate)
         return label
@@ -153,6 +198,10 @@ class LocalVllmBackend(ServingBackend):
     @property
     def traffic_url(self) -> str:
         return self.stack.url
+
+    def probe_targets(self) -> dict[str, ProbeTarget]:
+        """Each side's own server, asked for the public name as clients ask it."""
+        return {role: ProbeTarget(self.stack.slot(role).url, self.serve.served_model_name) for role in ("stable", "canary")}
 
     def report(self) -> dict[str, Any]:
         stack = self.stack

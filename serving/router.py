@@ -162,7 +162,8 @@ class NginxRouter:
             raise RouterError(f"NginxRouter: no backend address for {', '.join(missing)}")
 
     # -- TrafficRouter
-    def weights(self) -> dict[str, int]:
+    def header(self) -> dict:
+        """The JSON of the include file's first line (the weights, and what else the router keeps there)."""
         try:
             first = self.upstream_file.read_text().splitlines()[0]
         except (OSError, IndexError) as exc:
@@ -170,16 +171,22 @@ class NginxRouter:
         if not first.startswith(_HEADER):
             raise RouterError(f"{self.upstream_file}: first line is not a modelchain-router header")
         try:
-            weights = json.loads(first[len(_HEADER):])
+            return json.loads(first[len(_HEADER):])
+        except ValueError as exc:
+            raise RouterError(f"{self.upstream_file}: bad header {first!r}") from exc
+
+    def weights(self) -> dict[str, int]:
+        weights = self.header()
+        try:
             check_weights(int(weights["stable"]), int(weights["canary"]))
         except (ValueError, KeyError, TypeError) as exc:
-            raise RouterError(f"{self.upstream_file}: bad weights header {first!r}") from exc
+            raise RouterError(f"{self.upstream_file}: bad weights in the header {weights!r}") from exc
         return {"stable": int(weights["stable"]), "canary": int(weights["canary"])}
 
     def set_weights(self, stable: int, canary: int) -> None:
         check_weights(stable, canary)
         previous = self.upstream_file.read_text() if self.upstream_file.exists() else None
-        atomic_write_text(self.upstream_file, render_upstream(self.backends, stable, canary))
+        atomic_write_text(self.upstream_file, self.render_include(stable, canary))
         try:
             self._nginx("-t")  # a config nginx refuses must not stay on disk
         except RouterError:
@@ -193,13 +200,19 @@ class NginxRouter:
     def describe(self) -> str:
         return f"nginx {self.conf_path} (upstream {self.upstream_file}, http://127.0.0.1:{self.listen_port})"
 
+    # -- what nginx runs (AdapterRouter renders its own)
+    def render_include(self, stable: int, canary: int) -> str:
+        """The include file the weights live in; its first line is the header `weights()` reads."""
+        return render_upstream(self.backends, stable, canary)
+
+    def render_conf(self) -> str:
+        return render_nginx_conf(self.prefix, self.listen_port, self.upstream_file, "http_404 http_500 http_502 http_503 http_504")
+
     # -- managing nginx itself (the local stack starts and stops it through the router)
-    def write_config(self, stable: int = 100, canary: int = 0, retry_statuses: str = "http_404 http_500 http_502 http_503 http_504") -> None:
+    def write_config(self, stable: int = 100, canary: int = 0) -> None:
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.upstream_file, render_upstream(self.backends, stable, canary))
-        atomic_write_text(
-            self.conf_path, render_nginx_conf(self.prefix, self.listen_port, self.upstream_file, retry_statuses)
-        )
+        atomic_write_text(self.upstream_file, self.render_include(stable, canary))
+        atomic_write_text(self.conf_path, self.render_conf())
 
     def start(self) -> None:
         self._nginx("-t")

@@ -7,6 +7,7 @@ def canary(
     serve: str,
     model: str,
     cluster: str,
+    eval: str,  # noqa: A002 (named after its config group, as every group parameter is)
     model_uri: str,
     splits: Input[Dataset],
     rollout: Output[Artifact],
@@ -21,7 +22,7 @@ def canary(
     from modelchain.core.config import load_group
 
     result = run(load_group("serve", serve), load_group("model", model), load_group("cluster", cluster),
-                 model_uri, input_folder(splits), rollout.path)
+                 model_uri, input_folder(splits), rollout.path, eval_cfg=load_group("eval", eval))
     markdown = Path(rollout.path) / "rollout.md"
     if markdown.exists():
         shutil.copy2(markdown, rollout_report.path)

@@ -1,10 +1,11 @@
 """Canary after register: roll the new version out behind the stable one, promote or roll back.
 
-Where it is served is the serving backend `serve.engine` names (modelchain.serving.backend):
-local-vllm (two vLLM CPU servers, nginx, Prometheus, validation prompts replayed through
-nginx) or k8s-vllm (the Deployments and HTTPRoute of `modelchain render serving`, the
-cluster's Prometheus). This step only binds the typed config groups, the registry and the
-report to it.
+Where it is served is the serving backend `serve.engine` and `serve.rollout` name
+(modelchain.serving.backend): by default the candidate is a new adapter version loaded into
+the running pool (locally one vLLM CPU server behind nginx + njs, on the cluster an
+InferencePool with an llm-d InferenceModelRewrite); `serve.rollout=pool` moves traffic between
+two pools. This step binds the typed config groups, the registry, the quality probe (the
+validation split scored with the gate's first `eval.compare_metrics`) and the report to it.
 
 `serve.canary.enabled: auto` runs the canary only where the backend can run (locally:
 `make setup-serve` installed the stack and vLLM's CPU attention can serve the base model);
@@ -19,9 +20,11 @@ from typing import Any, Optional
 
 from modelchain.core import registry
 from modelchain.core.io import atomic_write_json
+from modelchain.eval.metrics import ANSWER_METRICS
 from modelchain.serving.analysis import Thresholds
 from modelchain.serving.backend import ENABLED, Rollout, ServingBackend, make_backend
 from modelchain.serving.controller import MlflowRegistryHooks
+from modelchain.serving.probe import QualityProbe, examples_from_split
 from modelchain.serving.rollout import rollout
 from modelchain.serving.traffic import prompts_from_split
 
@@ -36,11 +39,28 @@ def skip_reason(serve, backend: ServingBackend) -> Optional[str]:
     return backend.unavailable(required=enabled == "true")
 
 
+def quality_probe(serve, eval_cfg, splits_dir: str | Path) -> Optional[QualityProbe]:
+    """The probe over the validation split, scored by the gate's first compare metric (None: probe off)."""
+    canary = serve.canary
+    if canary.probe_examples <= 0:
+        return None
+    metric = list(eval_cfg.compare_metrics)[0] if eval_cfg.compare_metrics else "exact_match"
+    if metric not in ANSWER_METRICS:
+        raise ValueError(f"eval.compare_metrics: the canary's quality probe needs an answer metric "
+                         f"({', '.join(ANSWER_METRICS)}), got {metric!r}")
+    examples = examples_from_split(Path(splits_dir) / "val.jsonl", canary.probe_examples)
+    if not examples:
+        raise ValueError(f"{Path(splits_dir) / 'val.jsonl'}: no rows with an assistant answer for the quality probe "
+                         "(serve.canary.probe_examples=0 turns it off)")
+    return QualityProbe(examples, ANSWER_METRICS[metric], metric, canary.probe_margin, canary.probe_max_tokens)
+
+
 def run(serve, model, cluster, model_uri: str, splits_dir: str | Path, out_dir: str | Path,
-        backend: Optional[ServingBackend] = None) -> dict[str, Any]:
+        backend: Optional[ServingBackend] = None, eval_cfg=None) -> dict[str, Any]:
     """Returns {"outcome": promoted | rolled_back | skipped, "reason", "report"}; writes the report to out_dir.
 
-    `serve`, `model`, `cluster`: the typed config groups; `backend` defaults to serve.engine's.
+    `serve`, `model`, `cluster`, `eval_cfg`: the typed config groups (eval: the gate's metric, for
+    the quality probe; None: no probe); `backend` defaults to serve.engine's and serve.rollout's.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -57,11 +77,12 @@ def run(serve, model, cluster, model_uri: str, splits_dir: str | Path, out_dir: 
     hooks = MlflowRegistryHooks(client, ref.name, ref.version)
     thresholds = Thresholds.from_serve(serve)
     prompts = prompts_from_split(Path(splits_dir) / "val.jsonl") if backend.replays_traffic else []
-    target = Rollout(ref.name, hooks.candidate, hooks.aliases().get(registry.CHAMPION))
+    probe = quality_probe(serve, eval_cfg, splits_dir) if eval_cfg is not None else None
+    target = Rollout.from_aliases(ref.name, hooks.candidate, hooks.aliases())
     with backend:
         backend.start(target)
         backend.deploy(target)
-        result = rollout(backend, serve, hooks, thresholds, prompts, out_dir)
+        result = rollout(backend, serve, hooks, thresholds, prompts, out_dir, probe=probe)
     _log_report(client, ref, out_dir)
     return {**result, "model_uri": model_uri}
 

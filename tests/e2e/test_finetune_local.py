@@ -5,6 +5,8 @@ import json
 import pytest
 
 from modelchain.core import registry
+from modelchain.core.config import compose
+from modelchain.serving.adapter_stack import missing_adapter_tools
 
 from .conftest import run_cli
 
@@ -40,6 +42,19 @@ def test_finetune_registers_a_challenger_then_a_refusal_registers_nothing(tmp_pa
     assert version.tags["lineage.dataset_uri"] == str(routing_dataset)
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "adapter")}
     assert "adapter/adapter_config.json" in artifacts
+
+    # The canary ran through kfp.local: the version was loaded into one vLLM CPU server beside the
+    # base model (an all-zero adapter: no champion yet) and promoted step by step.
+    missing = missing_adapter_tools(compose("finetune").serve.canary.vllm_python)
+    if missing:  # make test installs the stack (make setup-serve); a bare checkout skips, saying why
+        assert "canary: version 1 not rolled out" in out.stdout, out.stdout[-3000:]
+    else:
+        assert "canary: version 1 promoted" in out.stdout, out.stdout[-3000:]
+        assert registry.aliases(client.get_registered_model(MODEL_NAME))["champion"] == "1"
+        assert client.get_model_version(MODEL_NAME, "1").tags["canary.outcome"] == "promoted"
+        report = json.loads(next(home.glob("kfp-outputs/*/canary/rollout/rollout.json")).read_text())
+        assert report["stack"]["targets_at_end"]["stable"].endswith("-v1")
+        assert report["traffic"]["failed"] == 0
 
     # A gate that cannot be met: the run is recorded as refused, nothing new is registered.
     refused = run_cli(

@@ -21,7 +21,10 @@ from modelchain.training import backends as training
 
 SEAM_GROUPS = ("cluster", "serve", "eval", "rag")
 # Backends no shipped option picks, with the override the READMEs document for them.
-DOCUMENTED_OVERRIDES = {"training": [["cluster=eks", "cluster.training.backend=pytorchjob"]]}  # the legacy PyTorchJob
+DOCUMENTED_OVERRIDES = {
+    "training": [["cluster=eks", "cluster.training.backend=pytorchjob"]],  # the legacy PyTorchJob
+    "serving": [["serve.rollout=pool"], ["cluster=eks", "serve.rollout=pool"]],  # a change of base model
+}
 COMBINATIONS = list(itertools.product(*(list_options(group) for group in SEAM_GROUPS)))
 
 
@@ -49,12 +52,15 @@ def test_every_registered_backend_is_picked_by_some_option():
     for cluster, serve in itertools.product(list_options("cluster"), list_options("serve")):
         cfg = compose("finetune", [f"cluster={cluster}", f"serve={serve}"])
         picked["training"].add(cfg.cluster.training.backend)
-        picked["serving"].add(cfg.serve.engine)
+        picked["serving"].add((cfg.serve.engine, cfg.serve.rollout))
         picked["vector store"].add(cfg.rag.milvus.backend)
     for overrides in DOCUMENTED_OVERRIDES["training"]:
         picked["training"].add(compose("finetune", overrides).cluster.training.backend)
+    for overrides in DOCUMENTED_OVERRIDES["serving"]:
+        serve = compose("finetune", overrides).serve
+        picked["serving"].add((serve.engine, serve.rollout))
     assert picked["training"] == set(training.BACKENDS)
-    assert picked["serving"] == set(serving.ENGINES)
+    assert picked["serving"] == {(engine, rollout) for engine, rollouts in serving.ENGINES.items() for rollout in rollouts}
     assert picked["vector store"] == set(vectorstore.VECTOR_STORES)
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from modelchain.components.canary import logic
 from modelchain.core.config import compose, group_json, load_group
-from modelchain.serving import local_vllm
-from modelchain.serving.backend import make_backend
+from modelchain.serving import local_adapter, local_vllm
+from modelchain.serving.backend import backend_class, make_backend
 from modelchain.serving.local_stack import zero_adapter
 
 
@@ -20,10 +20,14 @@ def groups(*overrides):
 def skip_reason(*overrides, base_model=None):
     serve, model, cluster = groups(*overrides)
     if base_model is not None:
-        backend = local_vllm.LocalVllmBackend(serve, cluster, model, base_model=base_model)
+        backend = backend_class(serve.engine, serve.rollout)(serve, cluster, model, base_model=base_model)
     else:
         backend = make_backend(serve, cluster, model)
     return logic.skip_reason(serve, backend)
+
+
+# Each local rollout kind and the name its backend asks for the missing tools.
+LOCAL_ROLLOUTS = {"adapter": (local_adapter, "missing_adapter_tools"), "pool": (local_vllm, "missing_tools")}
 
 
 def model_dir(tmp_path, hidden, heads):
@@ -32,22 +36,25 @@ def model_dir(tmp_path, hidden, heads):
     return tmp_path
 
 
-def test_enabled_false_auto_and_true(tmp_path, monkeypatch):
-    assert skip_reason("serve.canary.enabled=false") == "serve.canary.enabled=false"
-    # a tiny test model (head size 16) cannot be served by vLLM's CPU attention: auto skips, true refuses
-    monkeypatch.setattr(local_vllm, "missing_tools", lambda python: [])
+@pytest.mark.parametrize("rollout", LOCAL_ROLLOUTS)
+def test_enabled_false_auto_and_true(tmp_path, monkeypatch, rollout):
+    module, tools = LOCAL_ROLLOUTS[rollout]
+    kind = f"serve.rollout={rollout}"
+    assert skip_reason(kind, "serve.canary.enabled=false") == "serve.canary.enabled=false"
+    # a model with head size 16 cannot be served by vLLM's CPU attention: auto skips, true refuses
+    monkeypatch.setattr(module, tools, lambda python: [])
     tiny = model_dir(tmp_path / "tiny", 64, 4)
-    assert "head size 16" in skip_reason(base_model=tiny)
+    assert "head size 16" in skip_reason(kind, base_model=tiny)
     with pytest.raises(RuntimeError, match="serve.canary.enabled=true but vLLM's CPU attention"):
-        skip_reason("serve.canary.enabled=true", base_model=tiny)
-    assert skip_reason(base_model=model_dir(tmp_path / "smol", 576, 9)) is None  # SmolLM2: 64
+        skip_reason(kind, "serve.canary.enabled=true", base_model=tiny)
+    assert skip_reason(kind, base_model=model_dir(tmp_path / "smol", 576, 9)) is None  # SmolLM2: 64
     # without the serving stack: auto skips and says what is missing, true refuses
-    monkeypatch.setattr(local_vllm, "missing_tools", lambda python: ["prometheus"])
-    assert "not installed (prometheus)" in skip_reason()
-    with pytest.raises(RuntimeError, match="needs prometheus"):
-        skip_reason("serve.canary.enabled=true")
+    monkeypatch.setattr(module, tools, lambda python: ["prometheus"])
+    assert "not installed (prometheus)" in skip_reason(kind)
+    with pytest.raises(RuntimeError, match="prometheus"):
+        skip_reason(kind, "serve.canary.enabled=true")
     # the cluster path does not need the local stack
-    assert skip_reason("cluster=eks", "serve=eks") is None
+    assert skip_reason("cluster=eks", "serve=eks", kind) is None
 
 
 def test_serve_engine_picks_the_backend():
@@ -108,14 +115,15 @@ def test_the_kubernetes_backend_drives_the_rendered_route():
     from modelchain.serving.backend import Rollout
     from modelchain.serving.k8s_vllm import KubernetesVllmBackend
 
-    serve, model, cluster = groups("cluster=eks")
+    serve, model, cluster = groups("cluster=eks", "serve.rollout=pool")
     backend = KubernetesVllmBackend(serve, cluster, model, api=object())
     with pytest.raises(ValueError, match="serve.canary.prometheus_url"):
         backend.start(Rollout("m", "2"))
-    serve, model, cluster = groups("cluster=eks", "serve.canary.prometheus_url=http://prometheus:9090")
+    serve, model, cluster = groups("cluster=eks", "serve.rollout=pool", "serve.canary.prometheus_url=http://prometheus:9090")
     backend = KubernetesVllmBackend(serve, cluster, model, api=object())
     backend.start(Rollout("m", "2"))
     assert backend.router.describe().startswith(f"HTTPRoute {cluster.namespace}/{serve.route_name} ")
     assert backend.router.services == {"stable": "vllm-stable", "canary": "vllm-canary"}
     assert backend.analysis().selectors == {"stable": serve.canary.stable_selector, "canary": serve.canary.canary_selector}
-    assert backend.promote_serving is None and not backend.replays_traffic
+    # a promotion rolls the stable Deployment to the candidate (test_pool_rollout.py), then the route moves back
+    assert backend.promote_serving is not None and not backend.replays_traffic

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import yaml
+from pathlib import Path
 
 from modelchain.serving import manifests
 from modelchain.serving.manifests import ServingConfigError
@@ -274,7 +275,7 @@ def modelchain(*args, env=None):
 
 
 def test_render_serving_writes_validated_manifests(tmp_path):
-    out = modelchain("render", "serving", "--adapter-uri", CANARY_URI, "--version", "4", "--adapter-sha256", CANARY_SHA,
+    out = modelchain("render", "serving", "serve.rollout=pool", "--adapter-uri", CANARY_URI, "--version", "4", "--adapter-sha256", CANARY_SHA,
                      "--stable-uri", STABLE_URI, "--stable-version", "3", "--stable-sha256", STABLE_SHA,
                      "--canary-weight", "5",
                      "--out", str(tmp_path), "--crd-dir", str(crd_dir()))
@@ -287,6 +288,19 @@ def test_render_serving_writes_validated_manifests(tmp_path):
     manifest_validation.validate_all(written, crd_dir())
     assert [ref["weight"] for ref in written[-1]["spec"]["rules"][0]["backendRefs"]] == [95, 5]
     assert "&id" not in (tmp_path / names[0]).read_text()  # plain YAML, no anchors
+
+
+def test_render_serving_of_an_adapter_rollout_writes_the_pool_and_refuses_two_pool_flags(tmp_path):
+    out = modelchain("render", "serving", "--adapter-uri", CANARY_URI, "--version", "4", "--adapter-sha256", CANARY_SHA,
+                     "--out", str(tmp_path / "pool"), "--crd-dir", str(crd_dir()))
+    assert out.returncode == 0, out.stderr
+    kinds = [yaml.safe_load(Path(line).read_text())["kind"] for line in out.stdout.split()]
+    assert kinds == ["Deployment", "PodDisruptionBudget", "InferencePool", "InferenceModelRewrite",
+                     "InferenceObjective", "HTTPRoute"]
+    out = modelchain("render", "serving", "--adapter-uri", CANARY_URI, "--version", "4", "--adapter-sha256", CANARY_SHA,
+                     "--stable-uri", STABLE_URI, "--out", str(tmp_path / "two"), "--crd-dir", str(crd_dir()))
+    assert out.returncode == 2 and "serve.rollout=pool" in out.stderr
+    assert not (tmp_path / "two").exists()
 
 
 def test_render_serving_refuses_bad_input_and_writes_nothing(tmp_path):
