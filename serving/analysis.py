@@ -26,6 +26,19 @@ COMPLETION_HANDLERS = "/v1/completions|/v1/chat/completions"
 METRICS = ("error_rate", "p95_latency_s", "p95_ttft_s")
 
 
+def window_increase(selector: str, window: str) -> str:
+    """PromQL for how much each counter series matching `selector` grew over the last `window`.
+
+    `increase()` alone misses what a series counted before its first sample: a series born inside
+    the window (a new versioned name, a canary server's first requests, a restarted pod) has no
+    earlier sample to rise from, and a low-traffic canary then looks like "no data". Series that
+    existed at the window's start keep `increase()` (resets handled); those born inside it count
+    from zero, their last value.
+    """
+    return (f"(increase({selector}[{window}]) and {selector} offset {window})"
+            f" or (last_over_time({selector}[{window}]) unless {selector} offset {window})")
+
+
 class AnalysisError(RuntimeError):
     """Prometheus could not be queried; the message is one line."""
 
@@ -152,6 +165,11 @@ def judge(canary: SideMetrics, stable: SideMetrics, t: Thresholds) -> Verdict:
     return Verdict(outcome, canary, stable, checks)
 
 
+def p95(bucket_selector: str, window: str) -> str:
+    """PromQL for the 95th percentile of a histogram's observations in the last `window`."""
+    return f"histogram_quantile(0.95, sum by (le) ({window_increase(bucket_selector, window)}))"
+
+
 class PrometheusAnalysis:
     """Measures a side through Prometheus' HTTP API and judges a step."""
 
@@ -199,15 +217,14 @@ class PrometheusAnalysis:
         # Down = no scrape answered in the whole window: a crashed server, not one scrape that
         # timed out (the timeout is the 1 s scrape interval, and a busy CPU server can miss one).
         up = self._scalar(f"min(max_over_time(up{{{sel}}}[{w}]))", log)
-        # Requests from the duration histogram (no status label: its series exists from the first
-        # request on), errors = requests - 2xx. Counting errors on their own status series would
-        # miss the first ones: a series born inside the window has no earlier sample to rise from.
-        requests = self._scalar(f"sum(increase(http_request_duration_seconds_count{{{requests_sel}}}[{w}]))", log) or 0.0
-        ok = self._scalar(f'sum(increase(http_requests_total{{{requests_sel},status="2xx"}}[{w}]))', log) or 0.0
+        # Requests from the duration histogram (no status label), errors = requests - 2xx.
+        counted = f"http_request_duration_seconds_count{{{requests_sel}}}"
+        answered = f'http_requests_total{{{requests_sel},status="2xx"}}'
+        requests = self._scalar(f"sum({window_increase(counted, w)})", log) or 0.0
+        ok = self._scalar(f"sum({window_increase(answered, w)})", log) or 0.0
         errors = max(requests - ok, 0.0)
-        p95 = "histogram_quantile(0.95, sum by (le) (increase({metric}_bucket{{{sel}}}[{w}])))"
-        latency = self._scalar(p95.format(metric="vllm:e2e_request_latency_seconds", sel=sel, w=w), log)
-        ttft = self._scalar(p95.format(metric="vllm:time_to_first_token_seconds", sel=sel, w=w), log)
+        latency = self._scalar(p95(f"vllm:e2e_request_latency_seconds_bucket{{{sel}}}", w), log)
+        ttft = self._scalar(p95(f"vllm:time_to_first_token_seconds_bucket{{{sel}}}", w), log)
         return SideMetrics(
             side=side,
             window_s=int(window_s),
@@ -267,10 +284,9 @@ class TargetAnalysis(PrometheusAnalysis):
         w = f"{max(int(window_s), 2)}s"
         log: list[dict[str, Any]] = []
         up = self._scalar(f"min(max_over_time(up{{{self.up_selector}}}[{w}]))", log) if self.up_selector else None
-        requests = self._scalar(f"sum(increase({self.series.requests}{{{sel}}}[{w}]))", log) or 0.0
-        errors = self._scalar(f"sum(increase({self.series.errors}{{{sel}}}[{w}]))", log) or 0.0
-        latency = self._scalar(
-            f"histogram_quantile(0.95, sum by (le) (increase({self.series.duration}_bucket{{{sel}}}[{w}])))", log)
+        requests = self._scalar(f"sum({window_increase(f'{self.series.requests}{{{sel}}}', w)})", log) or 0.0
+        errors = self._scalar(f"sum({window_increase(f'{self.series.errors}{{{sel}}}', w)})", log) or 0.0
+        latency = self._scalar(p95(f"{self.series.duration}_bucket{{{sel}}}", w), log)
         return SideMetrics(side=side, window_s=int(window_s), requests=round(requests, 3), errors=round(errors, 3),
                            error_rate=(min(errors / requests, 1.0) if requests > 0 else None), p95_latency_s=latency,
                            p95_ttft_s=None, up=None if up is None else up >= 1, queries=log)

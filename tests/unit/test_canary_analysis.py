@@ -93,8 +93,9 @@ def test_each_side_measured_from_vllm_series(prometheus):
     assert canary.p95_latency_s == pytest.approx(1.5 + 0.95 * 0.5, abs=1e-6)
     assert stable.p95_latency_s == pytest.approx(0.5 + 0.95 * 0.3, abs=1e-6)
     assert canary.p95_ttft_s == pytest.approx(0.25 + 0.95 * 0.25, abs=1e-6)
+    counted = 'http_request_duration_seconds_count{slot="b",handler=~"/v1/completions|/v1/chat/completions"}'
     assert [q["query"] for q in canary.queries][1] == (
-        'sum(increase(http_request_duration_seconds_count{slot="b",handler=~"/v1/completions|/v1/chat/completions"}[5s]))'
+        f"sum((increase({counted}[5s]) and {counted} offset 5s) or (last_over_time({counted}[5s]) unless {counted} offset 5s))"
     )
 
 
