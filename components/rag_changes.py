@@ -10,10 +10,15 @@ No row is lost to a failed read: a document the chunk step quarantined (unreadab
 unparsable, changed while listed) is passed as ``quarantined``; its rows stay as they are
 and the next run tries it again. Only documents absent from discover's listing (which
 fails as a whole rather than come back partial) are deleted.
+
+Shards (``rag.shards``): each shard is a stable hash range of document keys (``shard_of``)
+and plans, embeds and writes only its documents, against only its documents' stored rows,
+so shards write disjoint rows and any number of them end where one run would.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections import defaultdict
@@ -68,6 +73,39 @@ class StoredRows(NamedTuple):
     hashes: dict[str, set[str]]  # source -> doc_hash values of its rows (one, unless half-written)
 
 
+def shard_of(source: str, shards: int) -> int:
+    """The shard (0..shards-1) of a document key: its place in the sha256 hash range, so a
+    document stays in its shard from run to run and shards are near equal in size."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    return int.from_bytes(hashlib.sha256(source.encode()).digest()[:8], "big") * shards >> 64
+
+
+def in_shard(records: Iterable[dict], shard: int, shards: int) -> list[dict]:
+    """The records (discover's, chunk's) whose ``source`` belongs to ``shard`` of ``shards``."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard must be in [0, {shards}), got {shard}")
+    return [record for record in records if shard_of(record["source"], shards) == shard]
+
+
+def stored_in_shard(stored: StoredRows, shard: int, shards: int) -> StoredRows:
+    """The rows of ``stored`` whose documents belong to ``shard`` (a shard plans only those)."""
+    mine = {source for source in stored.ids if shard_of(source, shards) == shard}
+    return StoredRows({s: stored.ids[s] for s in mine}, {s: stored.hashes[s] for s in mine if s in stored.hashes})
+
+
+def run_write_token(run_id: str, store_token: str) -> str:
+    """The token a plan writes: its run and the token the run's shards planned against.
+
+    Every shard of a run that planned against the same collection state writes the same
+    token, so a shard whose siblings wrote first still finds its plan current; a write by
+    another run in between changes the base, and is caught.
+    """
+    prefix = f"{run_id}@"
+    base = store_token[len(prefix):] if store_token.startswith(prefix) else hashlib.sha256(store_token.encode()).hexdigest()[:16]
+    return prefix + base
+
+
 class PlanOvertaken(RuntimeError):
     """Another ingest wrote the collection after this plan was made."""
 
@@ -100,6 +138,7 @@ def plan_changes(
     keep_sources: Iterable[str] = (),
     stored: Optional[StoredRows] = None,
     quarantined: Iterable[str] = (),
+    run_id: str = "",
 ) -> ChangePlan:
     """Compare ``chunks`` (the whole current corpus) with the collection.
 
@@ -110,7 +149,9 @@ def plan_changes(
     ``keep_sources`` are documents known to be unchanged and not chunked again: their
     rows stay. ``quarantined`` are documents that could not be read this run: their rows
     stay too, and they count as neither unchanged nor removed. ``stored`` saves reading
-    the collection when the caller already has.
+    the collection when the caller already has (a shard passes only its own rows).
+    ``run_id`` names the run whose shards write together (``run_write_token``); "" is a
+    run of its own.
     """
     current_ids: dict[str, set[str]] = defaultdict(set)
     current_hash: dict[str, str] = {}
@@ -138,6 +179,7 @@ def plan_changes(
     }
     changed = {source for source in current_ids if source in stored_ids} - unchanged
     removed = set(stored_ids) - set(current_ids) - keep - held
+    store_token = store.write_token()
     return ChangePlan(
         chunks_to_embed=[c for c in chunks if c["source"] not in unchanged],
         sources_to_delete=sorted(changed | removed),
@@ -147,8 +189,8 @@ def plan_changes(
         removed_sources=sorted(removed),
         quarantined_sources=sorted(held),
         unchanged_chunks=sum(len(stored_ids.get(source, ())) for source in unchanged | held),
-        store_token=store.write_token(),
-        plan_id=uuid.uuid4().hex,
+        store_token=store_token,
+        plan_id=run_write_token(run_id or uuid.uuid4().hex, store_token),
     )
 
 

@@ -423,6 +423,10 @@ class RagConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     lock: IngestLockConfig = field(default_factory=IngestLockConfig)
+    # Chunk -> embed -> upsert fanned out over this many shards (a KFP ParallelFor, one pod
+    # each on a cluster), each a stable hash range of document keys writing disjoint rows;
+    # discover and verify run once. 1: one step each.
+    shards: int = 1
 
 
 # --------------------------------------------------------------------------- cluster
@@ -798,8 +802,10 @@ def _validate(cfg: DictConfig) -> None:
     need(rag.chunk.overlap < rag.chunk.tokens, "rag.chunk.overlap", "must be smaller than rag.chunk.tokens")
     need(rag.lock.wait_s >= 0, "rag.lock.wait_s", f"must be >= 0, got {rag.lock.wait_s}")
     need(rag.lock.lease_s > 0, "rag.lock.lease_s", f"must be > 0, got {rag.lock.lease_s}")
+    need(1 <= rag.shards <= MAX_SHARDS, "rag.shards", f"must be in [1, {MAX_SHARDS}], got {rag.shards}")
 
 
+MAX_SHARDS = 256  # each shard reads the whole collection's keys once to plan its own
 # An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 QUANTITY = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")  # as KFP checks a workspace size

@@ -56,7 +56,7 @@ CACHED_STEPS = frozenset({"chunk"})
 # Retried with backoff on EKS: the steps that talk to S3, MLflow or Milvus and can run again
 # safely. Not finetune (a retry would launch a second training job), register (a second
 # version) or canary (its controller resumes on its own).
-RETRIED_STEPS = frozenset({"data-prep", "discover", "chunk", "embed", "upsert", "verify", "evaluate", "gate"})
+RETRIED_STEPS = frozenset({"data-prep", "discover", "chunk", "embed", "upsert", "verify", "verify-shards", "evaluate", "gate"})
 
 
 def workspace(cluster: DictConfig) -> tuple[dict[str, Any], dict[str, str]]:

@@ -1,4 +1,9 @@
-"""The rag_ingest pipeline: discover -> chunk -> embed -> upsert -> verify."""
+"""The rag_ingest pipeline: discover -> chunk -> embed -> upsert -> verify.
+
+With ``rag.shards`` = N > 1, chunk -> embed -> upsert run once per shard in a KFP
+``ParallelFor`` (each shard a stable hash range of document keys, writing disjoint rows), and
+one verify checks the collected chunks of all shards after every shard has written.
+"""
 
 # No `from __future__ import annotations` here: KFP reads the real parameter types.
 
@@ -11,7 +16,7 @@ from modelchain.components.discover.component import discover
 from modelchain.components.embed.component import embed
 from modelchain.components.kfp_factory import make_component
 from modelchain.components.upsert.component import upsert
-from modelchain.components.verify.component import verify
+from modelchain.components.verify.component import verify, verify_shards
 from modelchain.core.config import ConfigError, component_image, group_json, parameter_values
 from modelchain.core.vectorstore import MILVUS_TOKEN_ENV, store_class
 from modelchain.pipelines.build import place, run_parameters
@@ -24,29 +29,52 @@ def build(cfg: DictConfig):
     from kfp import dsl
 
     rag = group_json(cfg, "rag")
+    shards = cfg.rag.shards
     token_secret = milvus_token_secret(cfg)
-    discover_op, chunk_op, embed_op, upsert_op, verify_op = (
-        make_component(fn, component_image(cfg.cluster)) for fn in (discover, chunk, embed, upsert, verify)
+    discover_op, chunk_op, embed_op, upsert_op, verify_op, verify_shards_op = (
+        make_component(fn, component_image(cfg.cluster))
+        for fn in (discover, chunk, embed, upsert, verify, verify_shards)
     )
     cluster = cfg.cluster
 
-    def body(params: dict):
-        found = place(discover_op(rag=rag, source_uri=params["source_uri"]), cluster)
+    def ingest_shard(manifest, shard):
+        """chunk -> embed -> upsert of one shard (the whole corpus when unsharded)."""
         # Cached (pipelines/build.py CACHED_STEPS): chunking is a pure function of the manifest,
         # which holds each document's content hash, and chunk refuses a document whose bytes
         # no longer match it.
-        parts = place(chunk_op(rag=rag, manifest=found.outputs["manifest"]), cluster)
+        parts = place(chunk_op(rag=rag, manifest=manifest, shard=shard, shards=shards), cluster)
         # The steps that open the collection get the token from the secret, by name.
         # A quarantined document (unreadable this run) keeps its rows: embed plans with it.
+        # The run's id lets its shards' writes follow one another (rag_changes.run_write_token).
         vectors = with_token(
-            place(embed_op(rag=rag, chunks=parts.outputs["chunks"], quarantine=parts.outputs["quarantine"]), cluster),
+            place(embed_op(rag=rag, chunks=parts.outputs["chunks"], quarantine=parts.outputs["quarantine"],
+                           shard=shard, shards=shards, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), cluster),
             token_secret,
         )
         written = with_token(
             place(upsert_op(rag=rag, embeddings=vectors.outputs["embeddings"]), cluster), token_secret
         )
-        checked = verify_op(rag=rag, chunks=parts.outputs["chunks"], quarantine=parts.outputs["quarantine"])
-        with_token(place(checked, cluster), token_secret).after(written)
+        return parts, written
+
+    def body(params: dict):
+        found = place(discover_op(rag=rag, source_uri=params["source_uri"]), cluster)
+        if shards == 1:
+            parts, written = ingest_shard(found.outputs["manifest"], 0)
+            checked = verify_op(rag=rag, chunks=parts.outputs["chunks"], quarantine=parts.outputs["quarantine"])
+            with_token(place(checked, cluster), token_secret).after(written)
+            return
+        # Each iteration is its own pod on a cluster (an `openai` embedding endpoint lets them
+        # share one model server instead of each loading the model).
+        with dsl.ParallelFor(items=list(range(shards)), parallelism=shards, name="shards") as shard:
+            parts, written = ingest_shard(found.outputs["manifest"], shard)
+        # The collected upsert reports make verify wait for every shard's writes.
+        checked = verify_shards_op(
+            rag=rag,
+            chunks=dsl.Collected(parts.outputs["chunks"]),
+            quarantine=dsl.Collected(parts.outputs["quarantine"]),
+            changes=dsl.Collected(written.outputs["changes"]),
+        )
+        with_token(place(checked, cluster), token_secret)
 
     return dsl.pipeline(
         run_parameters("rag_ingest", cfg, body),

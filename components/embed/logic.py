@@ -20,23 +20,35 @@ BatchCallback = Callable[[list[int], "np.ndarray"], None]
 
 
 def embed_changes(
-    rag: "DictConfig", chunks: Sequence[dict], quarantined: Sequence[dict] = ()
+    rag: "DictConfig",
+    chunks: Sequence[dict],
+    quarantined: Sequence[dict] = (),
+    shard: int = 0,
+    shards: int = 1,
+    run_id: str = "",
 ) -> tuple[ChangePlan, "np.ndarray"]:
     """The plan against the collection of a typed ``rag`` config, and the vectors of the
     chunks it says to embed (new and changed documents only; an empty array when none).
 
     ``quarantined`` (the chunk step's ``{source, reason}`` records) keep their stored rows.
+    With ``shards`` > 1, ``chunks`` are those of ``shard`` and the plan covers that shard's
+    stored rows only. A shard may hold no document at all, so the plan may delete every row
+    of the shard; an empty corpus never gets here (discover refuses it).
     """
     import numpy as np
 
-    from modelchain.components.rag_changes import plan_changes
+    from modelchain.components.rag_changes import plan_changes, read_stored, stored_in_shard
     from modelchain.components.rag_settings import ingest_lock, open_embedder, open_store
 
     with ingest_lock(rag, "rag_ingest embed (plan)"), open_store(rag) as store:
         # A collection that verify could not search in the configured mode: say so before any work.
         if rag.retrieval.mode != "dense" and store.exists():
             store.require_bm25(f"rag.retrieval.mode={rag.retrieval.mode}")
-        plan = plan_changes(store, chunks, quarantined=[q["source"] for q in quarantined])
+        stored = read_stored(store)
+        if shards > 1:
+            stored = stored_in_shard(stored, shard, shards)
+        plan = plan_changes(store, chunks, allow_delete_all=shards > 1, stored=stored,
+                            quarantined=[q["source"] for q in quarantined], run_id=run_id)
     if not plan.chunks_to_embed:
         return plan, np.zeros((0, 0), dtype=np.float32)
     return plan, embed_chunks(plan.chunks_to_embed, open_embedder(rag))

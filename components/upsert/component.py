@@ -17,4 +17,5 @@ def upsert(rag: str, embeddings: Input[Dataset], stats: Output[Metrics], changes
         stats.log_metric(key, value)
     report_counts, markdown = change_report(plan, counts["deleted"], counts["total_rows"])
     Path(changes.path).write_text(markdown)
+    changes.metadata.update(report_counts)  # verify_shards adds up the shards' counts
     print(change_line(report_counts))

@@ -1,4 +1,10 @@
-"""KFP wrapper of verify: moves parameters and artifacts in and out of logic.py."""
+"""KFP wrappers of verify: move parameters and artifacts in and out of logic.py.
+
+``verify`` checks one chunk step's output; ``verify_shards`` the outputs of every shard of a
+sharded run (rag.shards > 1), collected from the ParallelFor, once all shards have written.
+"""
+
+from typing import List
 
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
 
@@ -7,17 +13,22 @@ def verify(
     rag: str, chunks: Input[Dataset], quarantine: Input[Dataset], report: Output[Markdown], checks: Output[Metrics]
 ):
     """Counts and keys agree with the corpus, sampled chunks find themselves, smoke questions their documents."""
-    from pathlib import Path
+    from modelchain.components.verify.logic import verify_step
 
-    from modelchain.components.verify.logic import verify_ingest
-    from modelchain.core.config import load_group
-    from modelchain.core.io import read_jsonl
+    verify_step(rag, [chunks.path], [quarantine.path], report, checks)
 
-    result = verify_ingest(load_group("rag", rag), read_jsonl(chunks.path), read_jsonl(quarantine.path))
-    Path(report.path).write_text(result["report"])
-    for key, value in result.items():
-        if isinstance(value, (int, float)):
-            checks.log_metric(key, float(value))
-    print(result["report"])
-    if not result["passed"]:
-        raise RuntimeError("verify failed: " + "; ".join(result["failures"]))
+
+def verify_shards(
+    rag: str,
+    chunks: Input[List[Dataset]],
+    quarantine: Input[List[Dataset]],
+    changes: Input[List[Markdown]],
+    report: Output[Markdown],
+    checks: Output[Metrics],
+):
+    """``verify`` over the chunks of all shards, after every shard's upsert (``changes``), and the
+    run's change counts added up over the shards."""
+    from modelchain.components.verify.logic import verify_step
+
+    verify_step(rag, [a.path for a in chunks], [a.path for a in quarantine], report, checks,
+                shard_changes=[a.metadata for a in changes])

@@ -52,6 +52,53 @@ def verify_ingest(rag: "DictConfig", chunks: Sequence[dict], quarantined: Sequen
         return result
 
 
+def verify_step(
+    rag_json: str,
+    chunk_files: Sequence[str],
+    quarantine_files: Sequence[str],
+    report: Any,
+    checks: Any,
+    shard_changes: Sequence[dict] = (),
+) -> dict[str, Any]:
+    """What the verify components do: ``verify_ingest`` over the chunk step outputs (one file, or
+    one per shard), the report written to ``report.path`` and each figure logged with
+    ``checks.log_metric``; RuntimeError naming the failed checks.
+
+    ``shard_changes`` are the change counts of each shard's upsert: their totals are printed
+    and added to the report, so a sharded run has one change report like an unsharded one.
+    """
+    from pathlib import Path
+
+    from modelchain.components.rag_changes import change_line
+    from modelchain.core.config import load_group
+    from modelchain.core.io import read_jsonl
+
+    chunks = [chunk for path in chunk_files for chunk in read_jsonl(path)]
+    quarantined = [item for path in quarantine_files for item in read_jsonl(path)]
+    result = verify_ingest(load_group("rag", rag_json), chunks, quarantined)
+    if shard_changes:
+        totals = {key: sum(int(changes.get(key, 0)) for changes in shard_changes) for key in SHARD_CHANGE_KEYS}
+        totals["total_chunks"] = result["row_count"]
+        line = change_line(totals)
+        print(f"{len(shard_changes)} shards: {line}")
+        result["report"] += f"\n\n## Changes over {len(shard_changes)} shards\n\n{line}\n"
+    Path(report.path).write_text(result["report"])
+    for key, value in result.items():
+        if isinstance(value, (int, float)):
+            checks.log_metric(key, float(value))
+    print(result["report"])
+    if not result["passed"]:
+        raise RuntimeError("verify failed: " + "; ".join(result["failures"]))
+    return result
+
+
+# change_report's counts that add up over shards (the collection's total is verify's own count).
+SHARD_CHANGE_KEYS = (
+    "added_documents", "updated_documents", "unchanged_documents", "deleted_documents", "quarantined_documents",
+    "added_chunks", "updated_chunks", "unchanged_chunks", "deleted_chunks",
+)
+
+
 def verify(
     store: MilvusStore,
     retriever: Retriever,

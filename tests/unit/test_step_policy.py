@@ -21,13 +21,34 @@ def _tasks(spec: dict) -> dict:
     return {name: task for name, task in tasks.items() if "componentRef" in task and not name.startswith("condition")}
 
 
-@pytest.fixture(scope="module", params=[("finetune", "local"), ("finetune", "eks"), ("rag_ingest", "local"), ("rag_ingest", "eks")])
+@pytest.fixture(scope="module", params=[
+    ("finetune", "local"), ("finetune", "eks"), ("rag_ingest", "local"), ("rag_ingest", "eks"),
+    ("rag_ingest", "eks", "rag.shards=3"),
+])
 def compiled(request, tmp_path_factory):
-    pipeline, cluster = request.param
+    pipeline, cluster, *overrides = request.param
     path = tmp_path_factory.mktemp("ir") / f"{pipeline}.yaml"
-    compile_pipeline(pipeline, compose(pipeline, [f"cluster={cluster}"]), path)
+    compile_pipeline(pipeline, compose(pipeline, [f"cluster={cluster}", *overrides]), path)
     spec = next(doc for doc in yaml.safe_load_all(path.read_text()) if "root" in doc)
     return cluster, _tasks(spec)
+
+
+def test_shards_fan_out_in_one_parallel_for_and_verify_once(tmp_path):
+    path = tmp_path / "rag_ingest.yaml"
+    compile_pipeline("rag_ingest", compose("rag_ingest", ["rag.shards=3"]), path)
+    spec = next(doc for doc in yaml.safe_load_all(path.read_text()) if "root" in doc)
+    root = spec["root"]["dag"]["tasks"]
+    loop_name, loop = next((name, task) for name, task in root.items() if "parameterIterator" in task)
+    assert loop["taskInfo"]["name"] == "shards"
+    assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2]"
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 3}
+    inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(inner) == {"chunk", "embed", "upsert"}
+    assert inner["embed"]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert set(root) == {"discover", "verify-shards", loop_name}
+    collected = root["verify-shards"]["inputs"]["artifacts"]
+    assert {name: item["taskOutputArtifact"]["producerTask"] for name, item in collected.items()} == {
+        "chunks": loop_name, "quarantine": loop_name, "changes": loop_name}
 
 
 def test_only_pure_steps_are_cached(compiled):
