@@ -352,6 +352,11 @@ class JudgeConfig:
     concurrency: int = 8
     timeout_s: float = 60.0
     retries: int = 2
+    # How the judge is held to ragas' answer schemas: json (a JSON object, the schema in the
+    # prompt: any OpenAI-compatible endpoint) | json_schema (the server's structured outputs
+    # constrain decoding to the schema: vLLM, OpenAI; what a small judge needs).
+    output: str = "json"
+    max_output_tokens: int = 1024  # the most tokens one judge answer may take (ragas' default)
     # The gate refuses when more than this fraction of a side's samples failed on any RAG metric.
     max_failure_fraction: float = 0.1
     # Answer relevancy compares question embeddings by this embedder, never by the chat model:

@@ -6,8 +6,9 @@ chat completion whatever library builds it (ragas, instructor):
 - it sets `temperature` 0 and `seed` on every request (servers that honour them, vLLM among
   them, then answer the same prompt the same way);
 - it answers a request it has seen before from the cache, keyed by the SHA-256 of the URL
-  and the request body (prompt, model, every parameter), one JSON file per answer, so
-  re-evaluating unchanged answers makes no judge call;
+  and the request body (prompt, model, every parameter), one JSON file per answer in a
+  folder or under an ``s3://`` prefix (`eval.judge.cache_dir`), so re-evaluating unchanged
+  answers makes no judge call;
 - it counts the tokens the server reports (`usage`) against a `TokenBudget`; once the
   budget is spent, further calls raise `BudgetExhausted` instead of reaching the server.
 
@@ -16,8 +17,10 @@ Only successful answers are cached; a timeout or an HTTP error is tried again ne
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,13 +69,14 @@ def request_key(url: str, body: dict) -> str:
 class JudgeTransport(httpx.AsyncBaseTransport):
     """An httpx transport for the judge client: fixed sampling, a disk cache and a token budget.
 
-    ``cache_dir`` None turns the cache off; ``seed`` None leaves the server's own.
+    ``cache_dir`` (a folder or an ``s3://bucket/prefix/``) None turns the cache off; ``seed``
+    None leaves the server's own.
     """
 
     def __init__(self, budget: TokenBudget, cache_dir: str | Path | None = None, seed: int | None = 0,
                  inner: httpx.AsyncBaseTransport | None = None) -> None:
         self.budget = budget
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache = open_cache(str(cache_dir)) if cache_dir else None
         self.seed = seed
         self._inner = inner or httpx.AsyncHTTPTransport()
 
@@ -84,7 +88,7 @@ class JudgeTransport(httpx.AsyncBaseTransport):
         if self.seed is not None:
             body["seed"] = self.seed
         key = request_key(str(request.url), body)
-        cached = self._read(key)
+        cached = await asyncio.to_thread(self.cache.get, key) if self.cache is not None else None
         if cached is not None:
             with self.budget._lock:
                 self.budget.cached += 1
@@ -101,24 +105,78 @@ class JudgeTransport(httpx.AsyncBaseTransport):
             return httpx.Response(response.status_code, headers=_plain(response.headers), content=raw, request=request)
         answer = json.loads(raw)
         self.budget.charge(int((answer.get("usage") or {}).get("total_tokens") or 0))
-        if self.cache_dir is not None:
-            atomic_write_text(self._path(key), json.dumps(answer))
+        if self.cache is not None:
+            await asyncio.to_thread(self.cache.put, key, answer)
         return _response(200, answer, request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
-    def _path(self, key: str) -> Path:
-        return self.cache_dir / key[:2] / f"{key}.json"
 
-    def _read(self, key: str) -> dict | None:
-        if self.cache_dir is None:
-            return None
-        path = self._path(key)
+class DiskCache:
+    """Judge answers as ``<folder>/<key[:2]>/<key>.json``, each written atomically."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
         try:
-            return json.loads(path.read_text())
+            return json.loads(self._path(key).read_text())
         except (OSError, ValueError):  # absent, or a torn file from a killed run: ask again
             return None
+
+    def put(self, key: str, answer: dict) -> None:
+        atomic_write_text(self._path(key), json.dumps(answer))
+
+
+class S3Cache:
+    """Judge answers as objects ``<prefix>/<key[:2]>/<key>.json`` under an ``s3://bucket/prefix/``,
+    shared by every run and pod that can read the bucket (an object PUT is atomic).
+
+    The cache only saves calls: an object that cannot be read or written is a miss, logged
+    once, and the judge is asked.
+    """
+
+    def __init__(self, uri: str) -> None:
+        from modelchain.core import s3
+
+        self.uri = uri
+        self.bucket, self.prefix = s3.split_uri(uri)
+        self._client = s3.client()
+        self._warned = False
+
+    def _key(self, key: str) -> str:
+        return "/".join(part for part in (self.prefix, key[:2], f"{key}.json") if part)
+
+    def get(self, key: str) -> dict | None:
+        try:
+            body = self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return json.loads(body)
+        except self._client.exceptions.NoSuchKey:
+            return None
+        except Exception as exc:  # noqa: BLE001 - an unreachable cache must not stop scoring
+            self._warn(f"cannot read the judge cache {self.uri}: {exc}")
+            return None
+
+    def put(self, key: str, answer: dict) -> None:
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=json.dumps(answer).encode(),
+                                    ContentType="application/json")
+        except Exception as exc:  # noqa: BLE001
+            self._warn(f"cannot write the judge cache {self.uri}: {exc}")
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            logging.getLogger(__name__).warning("%s; judging without it", message)
+            self._warned = True
+
+
+def open_cache(location: str) -> DiskCache | S3Cache:
+    """The judge cache at ``location``: an ``s3://`` prefix, else a folder."""
+    return S3Cache(location) if location.startswith("s3://") else DiskCache(location)
 
 
 def _plain(headers: httpx.Headers) -> dict[str, str]:

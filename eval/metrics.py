@@ -15,7 +15,7 @@ import string
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
-from modelchain.eval.rag import JUDGED, OFFLINE
+from modelchain.eval.rag import JUDGE_OUTPUTS, JUDGED, OFFLINE
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -112,6 +112,8 @@ def check_config(cfg, need) -> None:
     need(not judge.base_url or bool(judge.model), "eval.judge.model", "needed with eval.judge.base_url")
     need(0.0 <= judge.max_failure_fraction <= 1.0, "eval.judge.max_failure_fraction",
          f"must be in [0, 1], got {judge.max_failure_fraction}")
+    need(judge.output in JUDGE_OUTPUTS, "eval.judge.output", f"must be one of {', '.join(JUDGE_OUTPUTS)}, got {judge.output!r}")
+    need(judge.max_output_tokens >= 1, "eval.judge.max_output_tokens", "must be >= 1")
     need(judge.repeats >= 1, "eval.judge.repeats", "must be >= 1")
     need(judge.max_tokens >= 0, "eval.judge.max_tokens", "must be >= 0 (0 = no budget)")
     need(judge.price_per_1k_tokens >= 0, "eval.judge.price_per_1k_tokens", "must be >= 0")

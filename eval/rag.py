@@ -35,6 +35,8 @@ JUDGED = ("faithfulness", "answer_relevancy", "context_precision", "context_reca
 # Offline stand-ins: string similarities, never the judged metrics' names (the gate sees them as rag_offline_*).
 OFFLINE = ("offline_context_precision", "offline_context_recall", "offline_string_similarity", "offline_rouge",
            "offline_bleu", "offline_exact_match")
+# How a judge endpoint is held to the answer schemas (eval.judge.output).
+JUDGE_OUTPUTS = ("json", "json_schema")
 
 
 class JudgeEndpoint(ABC):
@@ -115,6 +117,8 @@ class OpenAIJudge(JudgeEndpoint):
     max_tokens: int = 0  # the token budget (0 = none)
     price_per_1k_tokens: float = 0.0
     repeats: int = 1
+    output: str = "json"  # json | json_schema (JUDGE_OUTPUTS)
+    max_output_tokens: int = 1024
     budget: Any = None  # the TokenBudget every call of this judge counts against (made on first use)
     mode = "llm"
 
@@ -131,7 +135,8 @@ class OpenAIJudge(JudgeEndpoint):
             base_url=judge.base_url, model=judge.model, api_key=os.environ.get(judge.api_key_env, "none"),
             concurrency=judge.concurrency, timeout_s=float(judge.timeout_s), retries=judge.retries,
             embedding=judge.embedding, seed=judge.seed, cache_dir=cache_dir, max_tokens=judge.max_tokens,
-            price_per_1k_tokens=judge.price_per_1k_tokens, repeats=judge.repeats,
+            price_per_1k_tokens=judge.price_per_1k_tokens, repeats=judge.repeats, output=judge.output,
+            max_output_tokens=judge.max_output_tokens,
         )
 
     def limits(self) -> dict[str, Any]:
@@ -163,7 +168,14 @@ class OpenAIJudge(JudgeEndpoint):
         # Retries and timeouts are ours (per task), so the client itself does not retry.
         client = AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0,
                              http_client=httpx.AsyncClient(transport=transport, timeout=self.timeout_s))
-        llm = llm_factory(self.model, provider="openai", client=client)
+        llm = llm_factory(self.model, provider="openai", client=client, max_tokens=self.max_output_tokens)
+        if self.output == "json_schema":
+            # ragas asks for a bare JSON object (instructor's JSON mode); with the schema as
+            # response_format the server constrains decoding to it, so a small judge cannot
+            # answer outside it. Failures are then the answers' own, not the format's.
+            import instructor
+
+            llm.client = instructor.from_openai(client, mode=instructor.Mode.JSON_SCHEMA)
         embeddings = ragas_embeddings(self.embedding)
         return {
             "faithfulness": _Metric(Faithfulness(llm=llm), ("user_input", "response", "retrieved_contexts")),

@@ -8,6 +8,7 @@ import pytest
 from modelchain.bench.judge_stub import JudgeStub
 from modelchain.eval import rag
 from modelchain.eval.judge_calls import TokenBudget, request_key
+from tests.s3_server import s3_env, s3_server  # noqa: F401 (fixtures)
 
 from .test_rag_judge import ANSWERS, CONTEXTS, QUESTIONS, REFERENCES
 
@@ -119,3 +120,24 @@ def test_an_over_budget_run_is_refused_before_any_model_answers(tmp_path):
         evaluate(cfg.model, cfg.eval, cfg.cluster, cfg.rag, tmp_path / "splits", tmp_path / "adapter",
                  tmp_path / "results.json", registered_model="nothing-registered-yet")
     assert not (tmp_path / "results.json").exists()
+
+
+def test_the_cache_can_live_in_s3_and_serves_a_rerun_from_there(s3_env, tmp_path):
+    """Against a real SeaweedFS bucket: the answers are objects under the prefix, a second run
+    (another process could be another pod) makes no judge call, and an unreachable bucket is
+    only a miss."""
+    from modelchain.core import s3
+
+    s3.client().create_bucket(Bucket="judge-cache")
+    with JudgeStub() as stub:
+        first_judge, first = scored(stub, cache_dir="s3://judge-cache/team/judge/")
+        made = chat_calls(stub)
+        again_judge, again = scored(stub, cache_dir="s3://judge-cache/team/judge/")
+        assert chat_calls(stub) == made and again_judge.token_budget().calls == 0
+        keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="judge-cache")["Contents"]]
+        assert len(keys) == made and all(k.startswith("team/judge/") and k.endswith(".json") for k in keys)
+        assert again.values == first.values
+        _, missing = scored(stub, cache_dir="s3://no-such-bucket/judge/")
+        # Every task asked the judge (a prompt repeated within the run too: nothing was cached).
+        budget = first_judge.token_budget()
+        assert chat_calls(stub) - made == budget.calls + budget.cached and missing.values == first.values

@@ -93,6 +93,22 @@ def test_max_failure_fraction_comes_from_eval_judge():
         compose("finetune", ["eval.judge.embedding.runtime=openai"])
 
 
+def test_the_judge_output_mode_and_answer_cap_are_checked_and_reach_the_judge():
+    from modelchain.eval.rag import OpenAIJudge
+
+    cfg = compose("finetune", ["eval.judge.base_url=http://127.0.0.1:9/v1", "eval.judge.model=m",
+                               "eval.judge.output=json_schema", "eval.judge.max_output_tokens=200"])
+    judge = OpenAIJudge.from_config(cfg.eval)
+    assert (judge.output, judge.max_output_tokens) == ("json_schema", 200)
+    llm = judge.metrics()["faithfulness"].metric.llm
+    assert llm.model_args["max_tokens"] == 200 and llm.client.mode.name == "JSON_SCHEMA"
+    assert OpenAIJudge(base_url="http://127.0.0.1:9/v1", model="m").metrics()["faithfulness"].metric.llm.client.mode.name == "JSON"
+    with pytest.raises(ConfigError, match=r"^eval.judge.output: must be one of json, json_schema, got 'xml'"):
+        compose("finetune", ["eval.judge.output=xml"])
+    with pytest.raises(ConfigError, match=r"^eval.judge.max_output_tokens: must be >= 1"):
+        compose("finetune", ["eval.judge.max_output_tokens=0"])
+
+
 def test_the_report_gives_every_mean_its_n_and_says_offline_is_not_judged():
     offline = rag_results("offline", {"challenger": {"offline_rouge": 0.4}}, {"challenger": {"offline_rouge": 1}})
     results = results_with(offline)
