@@ -17,7 +17,7 @@ export RAGAS_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-nemo setup-serve serve-tools image-tools image test-image demo test test-fast bench lint clean
+.PHONY: setup setup-nemo setup-automodel setup-serve serve-tools image-tools image test-image demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,22 @@ $(NEMO_STAMP): requirements-nemo.txt constraints-nemo.txt pyproject.toml setup.p
 	# modelchain itself without its dependencies: the entrypoint and the config schemas.
 	$(NEMO_PY) -m pip install -q --no-deps -e .
 	touch $(NEMO_STAMP)
+
+# NeMo AutoModel, the second NeMo recipe family, in a venv of its own (about 2 GB).
+AUTOMODEL_VENV := .venv-automodel
+AUTOMODEL_PY := $(AUTOMODEL_VENV)/bin/python
+AUTOMODEL_STAMP := $(AUTOMODEL_VENV)/.installed
+
+setup-automodel: $(AUTOMODEL_STAMP)
+
+$(AUTOMODEL_STAMP): requirements-automodel.txt pyproject.toml setup.py
+	test -x $(AUTOMODEL_PY) || $(PYTHON) -m venv $(AUTOMODEL_VENV)
+	$(AUTOMODEL_PY) -m pip install -q --upgrade pip
+	$(AUTOMODEL_PY) -m pip install -q torch==2.13.0
+	$(AUTOMODEL_PY) -m pip install -q -c <(echo torch==2.13.0) -r requirements-automodel.txt
+	$(AUTOMODEL_PY) -m pip uninstall -q -y triton || true
+	$(AUTOMODEL_PY) -m pip install -q --no-deps -e .
+	touch $(AUTOMODEL_STAMP)
 
 # The local canary's serving stack: vLLM's CPU build in its own venv (about 3.5 GB), plus
 # nginx (with njs), mtail and Prometheus from Debian when they are missing.
@@ -95,7 +111,7 @@ demo: setup setup-serve
 # tests/integration/test_nemo_env.py runs tests/nemo with .venv-nemo's python.
 # Lint first (the import contracts are part of the suite), then every environment the tests
 # use, the components image included: the in-image pipeline test runs in it.
-test: lint setup setup-nemo setup-serve image
+test: lint setup setup-nemo setup-automodel setup-serve image
 	$(PY) -m pytest --durations=15
 
 test-fast: setup

@@ -135,6 +135,10 @@ class LoraConfig:
 class NemoTrainConfig:
     """What only the NeMo recipe on the cluster reads (train.nemo)."""
 
+    # nemo2: NeMo 2's llm recipe named by model.nemo_recipe (Megatron; checkpoint import and
+    # adapter export) | automodel: NeMo AutoModel (HF-native: any causal LM from its folder,
+    # saves HF PEFT; training/automodel_recipe.py). Its pods need an image with nemo-automodel.
+    recipe_family: str = "nemo2"
     micro_batch_size: int = 1  # per GPU; the global batch is batch_size * grad_accum
     packed_sequences: bool = True
     resume: bool = True  # continue from the newest checkpoint in the run folder after a restart
@@ -803,6 +807,8 @@ def _validate(cfg: DictConfig) -> None:
         need(train.learning_rate > 0, "train.learning_rate", "must be > 0")
         need(train.lora.rank >= 1, "train.lora.rank", "must be >= 1")
         need(0.0 <= train.lora.dropout < 1.0, "train.lora.dropout", "must be in [0, 1)")
+        need(train.nemo.recipe_family in RECIPE_FAMILIES, "train.nemo.recipe_family",
+             f"must be one of {', '.join(RECIPE_FAMILIES)}, got {train.nemo.recipe_family!r}")
     rag = cfg.rag
     need(rag.chunk.overlap < rag.chunk.tokens, "rag.chunk.overlap", "must be smaller than rag.chunk.tokens")
     need(rag.lock.wait_s >= 0, "rag.lock.wait_s", f"must be >= 0, got {rag.lock.wait_s}")
@@ -810,6 +816,7 @@ def _validate(cfg: DictConfig) -> None:
     need(1 <= rag.shards <= MAX_SHARDS, "rag.shards", f"must be in [1, {MAX_SHARDS}], got {rag.shards}")
 
 
+RECIPE_FAMILIES = ("nemo2", "automodel")  # train.nemo.recipe_family
 MAX_SHARDS = 256  # each shard reads the whole collection's keys once to plan its own
 # An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")

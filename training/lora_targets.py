@@ -79,7 +79,8 @@ def check_adapter(folder: str | os.PathLike, spec: dict[str, Any]) -> dict[str, 
     """
     config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
     want = set(nemo_to_hf(spec["lora"]["target_modules"]))
-    got = set(config.get("target_modules") or [])
+    # NeMo AutoModel lists full module paths (model.layers.0.self_attn.q_proj): compare leaves.
+    got = {name.rsplit(".", 1)[-1] for name in config.get("target_modules") or []}
     if got != want:
         raise ValueError(f"exported adapter targets {sorted(got)}, expected {sorted(want)}")
     if config.get("r") != spec["lora"]["dim"]:

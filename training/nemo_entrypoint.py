@@ -375,6 +375,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     spec = load_spec(args.spec)
+    if spec.get("recipe_family") == "automodel":
+        return run_automodel(spec, dry_run=args.dry_run)
     recipe = build_recipe(spec)
     if args.dry_run:
         dry_run(recipe, spec["gpus_per_node"])
@@ -390,6 +392,44 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.run(recipe, direct=True)
     if rank == 0:
         print(f"adapter exported to {export_adapter(spec)}", flush=True)
+    return 0
+
+
+def run_automodel(spec: dict[str, Any], dry_run: bool = False) -> int:
+    """The NeMo AutoModel family: write its recipe config, train, and hand over the PEFT adapter.
+
+    It reads the staged chat splits and the weights on FSx as they are (no import, no packing
+    step of ours) and saves Hugging Face PEFT, so rank 0 only copies the newest adapter to
+    adapter_dir and checks it against the configured targets.
+    """
+    import yaml
+
+    try:
+        from modelchain.training.automodel_recipe import automodel_recipe, newest_adapter
+    except ImportError:  # in the training pod
+        from automodel_recipe import automodel_recipe, newest_adapter
+
+    config_path = Path(spec["log_dir"]) / "automodel.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(automodel_recipe(spec), sort_keys=False), encoding="utf-8")
+    from nemo_automodel.components.config.loader import load_yaml_config
+    from nemo_automodel.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
+
+    recipe = TrainFinetuneRecipeForNextTokenPrediction(load_yaml_config(str(config_path)))
+    if dry_run:
+        print(f"AutoModel recipe config: {config_path}", flush=True)
+        return 0
+    recipe.setup()
+    recipe.run_train_validation_loop()
+    if int(os.environ.get("RANK", "0")) == 0:
+        target = Path(spec["adapter_dir"])
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(newest_adapter(spec), tmp)
+        check_adapter(tmp, spec)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        print(f"adapter saved to {target}", flush=True)
     return 0
 
 

@@ -87,7 +87,9 @@ def nemo_spec(cfg, name: str) -> dict[str, Any]:
     from modelchain.training.nemo_entrypoint import recipe_problem
 
     train, model, training = cfg.train, cfg.model, cfg.cluster.training
-    problem = recipe_problem(model.nemo_recipe, model.hf_id, model.family)
+    family = train.nemo.recipe_family
+    # AutoModel builds any causal LM from its own folder; a NeMo 2 recipe fixes its model.
+    problem = None if family == "automodel" else recipe_problem(model.nemo_recipe, model.hf_id, model.family)
     if problem:
         raise ValueError(f"model.nemo_recipe: {problem}")
     weights = cluster_weights(model)
@@ -96,6 +98,7 @@ def nemo_spec(cfg, name: str) -> dict[str, Any]:
     folder = run_dir(cfg, name)
     return {
         "name": name,
+        "recipe_family": family,
         "recipe": model.nemo_recipe,
         "model_name": model.name,
         "hf_model": weights,  # a Hugging Face directory on FSx: pods run with HF_HUB_OFFLINE=1
@@ -147,6 +150,7 @@ def build_config_map(cfg, name: str):
         data={
             "nemo_entrypoint.py": (here / "nemo_entrypoint.py").read_text(encoding="utf-8"),
             "lora_targets.py": (here / "lora_targets.py").read_text(encoding="utf-8"),
+            "automodel_recipe.py": (here / "automodel_recipe.py").read_text(encoding="utf-8"),
             "spec.json": json.dumps(nemo_spec(cfg, name), indent=2, sort_keys=True) + "\n",
         },
     )

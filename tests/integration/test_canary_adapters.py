@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 MODEL = "smollm2-135m-instruct-adapters"
 PUBLIC = "support"
-INTERVAL_S = 15
+INTERVAL_S = 20  # long enough for a few canary requests on a busy 2-core machine (min 3 a step)
 PROMPTS = [[{"role": "user", "content": f"Route this ticket: {text}"}] for text in (
     "I was charged twice for my subscription this month.",
     "My parcel has not arrived and the tracking page is stuck.",
@@ -51,7 +51,7 @@ PROMPTS = [[{"role": "user", "content": f"Route this ticket: {text}"}] for text 
 
 
 def serve_for(**canary):
-    overrides = [f"serve.analysis_interval_s={INTERVAL_S}", "serve.canary_steps=[50,100]", "serve.canary.traffic_concurrency=3",
+    overrides = [f"serve.analysis_interval_s={INTERVAL_S}", "serve.canary_steps=[50,100]", "serve.canary.traffic_concurrency=4",
                  f"serve.served_model_name={PUBLIC}", "serve.canary.drain_s=1"]
     overrides += [f"serve.canary.{k}={v}" for k, v in canary.items()]
     return load_group("serve", group_json(compose("finetune", overrides), "serve"))

@@ -88,7 +88,7 @@ def test_restarts_for_spot_and_deadline(manifests):
 
 def test_config_map_carries_the_entrypoint_and_spec(cfg, manifests):
     config_map, _ = manifests
-    assert set(config_map["data"]) == {"nemo_entrypoint.py", "lora_targets.py", "spec.json"}
+    assert set(config_map["data"]) == {"nemo_entrypoint.py", "lora_targets.py", "automodel_recipe.py", "spec.json"}
     spec = json.loads(config_map["data"]["spec.json"])
     assert spec["recipe"] == "llama3_8b" and spec["hf_model"] == "/fsx/models/Meta-Llama-3-8B-Instruct"
     assert spec["global_batch_size"] == 64 and spec["micro_batch_size"] == 1 and spec["seq_length"] == 4096

@@ -62,8 +62,10 @@ class PyTorchJobBackend:
         from modelchain.training.pytorchjob import cluster_weights
 
         train, training, model = cfg.train, cfg.cluster.training, cfg.model
-        problem = recipe_problem(model.nemo_recipe, model.hf_id, model.family)
-        need(problem is None, "model.nemo_recipe", problem or "")
+        # AutoModel builds any causal LM from its own folder; a NeMo 2 recipe fixes its model.
+        if train.nemo.recipe_family != "automodel":
+            problem = recipe_problem(model.nemo_recipe, model.hf_id, model.family)
+            need(problem is None, "model.nemo_recipe", problem or "")
         weights = cluster_weights(model)
         need(bool(weights) and str(weights).startswith("/"), "model.cluster_path",
              f"the training pods read model {model.name!r} from a path on FSx (e.g. {cfg.cluster.fsx.mount_path}/models/...), "
