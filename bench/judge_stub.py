@@ -62,8 +62,9 @@ class JudgeStub:
     """
 
     def __init__(self, latency_s: float = 0.0, faults: dict[str, str] | None = None, hang_s: float = 30.0,
-                 port: int = 0):
+                 port: int = 0, keep_alive: bool = False):
         self.latency_s, self.faults, self.hang_s = latency_s, dict(faults or {}), hang_s
+        self.keep_alive = keep_alive  # HTTP/1.1 keep-alive connections, as vLLM and hosted endpoints keep
         self.requests = 0
         self.paths: dict[str, int] = {}  # requests per path, e.g. "/v1/embeddings"
         self.chat_bodies: list[dict] = []  # every chat completion request, as sent
@@ -100,6 +101,8 @@ class JudgeStub:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if stub.keep_alive else "HTTP/1.0"
+
             def log_message(self, *args):  # quiet
                 pass
 

@@ -78,11 +78,22 @@ class JudgeTransport(httpx.AsyncBaseTransport):
         self.budget = budget
         self.cache = open_cache(str(cache_dir)) if cache_dir else None
         self.seed = seed
-        self._inner = inner or httpx.AsyncHTTPTransport()
+        self._given = inner
+        self._inner: httpx.AsyncBaseTransport | None = inner
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _transport(self) -> httpx.AsyncBaseTransport:
+        # A pooled connection belongs to the event loop that opened it, and each scoring run
+        # (asyncio.run) has its own: a keep-alive server's connection from the last run would
+        # fail the next run's first call. So each loop gets its own connection pool.
+        loop = asyncio.get_running_loop()
+        if self._given is None and loop is not self._loop:
+            self._inner, self._loop = httpx.AsyncHTTPTransport(), loop
+        return self._inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.method != "POST" or not request.url.path.endswith("/chat/completions"):
-            return await self._inner.handle_async_request(request)
+            return await self._transport().handle_async_request(request)
         body = json.loads(request.content or b"{}")
         body["temperature"] = 0.0
         if self.seed is not None:
@@ -98,7 +109,7 @@ class JudgeTransport(httpx.AsyncBaseTransport):
         content = json.dumps(body).encode()
         headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
         sent = httpx.Request("POST", request.url, headers=headers, content=content, extensions=request.extensions)
-        response = await self._inner.handle_async_request(sent)
+        response = await self._transport().handle_async_request(sent)
         raw = await response.aread()
         await response.aclose()
         if response.status_code != 200:
@@ -110,7 +121,8 @@ class JudgeTransport(httpx.AsyncBaseTransport):
         return _response(200, answer, request)
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        if self._inner is not None:
+            await self._inner.aclose()
 
 
 class DiskCache:

@@ -141,3 +141,16 @@ def test_the_cache_can_live_in_s3_and_serves_a_rerun_from_there(s3_env, tmp_path
         # Every task asked the judge (a prompt repeated within the run too: nothing was cached).
         budget = first_judge.token_budget()
         assert chat_calls(stub) - made == budget.calls + budget.cached and missing.values == first.values
+
+
+def test_one_judge_scores_run_after_run_on_a_keep_alive_server():
+    """Each scoring run has its own event loop; a pooled keep-alive connection from the last
+    run must not fail the next run's first calls (with no retries, they would be failures)."""
+    with JudgeStub(keep_alive=True) as stub:
+        judge = rag.OpenAIJudge(base_url=stub.base_url, model="stub-judge")
+        metrics = judge.metrics()
+        rag_samples = rag.samples(QUESTIONS, ANSWERS, CONTEXTS, REFERENCES)
+        first = rag.score(rag_samples, metrics, concurrency=4, timeout_s=30.0, retries=0)
+        second = rag.score(rag_samples, metrics, concurrency=4, timeout_s=30.0, retries=0)
+    assert sum(first.failures.values()) == 0 and sum(second.failures.values()) == 0, second.errors
+    assert second.values == first.values
