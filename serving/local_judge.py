@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import urllib.error
 from pathlib import Path
 from typing import Optional
 
-from modelchain.serving.local_stack import StackError, _http, _tail, _terminate, free_port, vllm_env
+from modelchain.serving.local_stack import StackError, VllmSlot, _terminate, free_port, vllm_env, wait_healthy
 
 
 class LocalJudge:
@@ -37,49 +36,39 @@ class LocalJudge:
         self.max_model_len, self.max_num_seqs = max_model_len, max_num_seqs
         self.log = Path(log) if log else Path(os.environ.get("TMPDIR", "/tmp")) / f"modelchain-judge-{os.getpid()}.log"
         self.start_timeout_s = start_timeout_s
-        self.port = 0
-        self.process: Optional[subprocess.Popen] = None
+        self.slot = VllmSlot(name="judge", port=0, log=self.log)
         self.started_in_s = 0.0
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.slot.url}/v1"
 
     def start(self) -> "LocalJudge":
         if not os.access(self.vllm_python, os.X_OK):
             raise StackError(f"no vLLM to serve the judge: {self.vllm_python} (make setup-serve)")
         if not (self.model_dir / "config.json").is_file():
             raise StackError(f"judge model {self.model_dir} is not a Hugging Face model folder (no config.json)")
-        self.port = free_port()
+        self.slot.port = free_port()
         cmd = [
-            self.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--model", str(self.model_dir), "--served-model-name", self.model,
+            self.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
+            "--port", str(self.slot.port), "--model", str(self.model_dir), "--served-model-name", self.model,
             "--max-model-len", str(self.max_model_len), "--max-num-seqs", str(self.max_num_seqs),
             "--dtype", "bfloat16", "--seed", "0",
         ]
-        started = time.monotonic()
+        self.slot.started_s = time.monotonic()
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=vllm_env(),
-                                            start_new_session=True)
+            self.slot.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=vllm_env(),
+                                                 start_new_session=True)
         try:
-            while time.monotonic() - started < self.start_timeout_s:
-                if self.process.poll() is not None:
-                    raise StackError(f"the judge's vLLM exited with {self.process.returncode}: {_tail(self.log)}")
-                try:
-                    if _http(f"http://127.0.0.1:{self.port}/health", timeout=2)[0] == 200:
-                        self.started_in_s = round(time.monotonic() - started, 1)
-                        return self
-                except (urllib.error.URLError, OSError):
-                    pass
-                time.sleep(1)
-            raise StackError(f"the judge's vLLM not healthy after {self.start_timeout_s:.0f} s (log {self.log})")
+            self.started_in_s = wait_healthy(self.slot, self.start_timeout_s)  # the stacks' own health wait
         except BaseException:
             self.stop()
             raise
+        return self
 
     def stop(self) -> None:
-        _terminate(self.process)
-        self.process = None
+        _terminate(self.slot.process)
+        self.slot.process = None
 
     def __enter__(self) -> "LocalJudge":
         return self.start()
