@@ -8,8 +8,8 @@ varied length (a sentence or two up to a long complaint; a word up to a few sent
 answer), for the same steps with the same effective batch (``batch_size x grad_accum``
 conversations a step), one process each, the same torch threads:
 
-- modelchain: ``train_lora()`` with packing (several conversations per row, per-example
-  attention, logits only where an answer token is predicted);
+- modelchain: ``train_lora()`` with packing (a micro-batch's conversations end to end in one
+  row, attention per conversation, logits only where an answer token is predicted);
 - baseline ``hf``: ``transformers.Trainer`` with ``DataCollatorForSeq2Seq`` (dynamic padding to the
   longest conversation of each micro-batch), the model's own loss over the answer labels;
 - baseline ``trl``: TRL's ``SFTTrainer`` (``trl`` 1.16.0, the tool most users would pick) with

@@ -39,6 +39,7 @@ from pathlib import Path
 from modelchain.core.io import atomic_dir
 from modelchain.core.models import cpu_threads
 from modelchain.training import checkpoint as ckpt
+from modelchain.training import segment_attention
 from modelchain.training.lora_targets import nemo_to_hf
 from modelchain.training.packing import (
     IGNORE_INDEX,
@@ -288,7 +289,10 @@ def train_lora(
     try:
         import torch.distributed as dist
 
-        model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+        # Attention within each packed conversation only, with no mask to build or apply.
+        model = AutoModelForCausalLM.from_pretrained(
+            base_model_dir, dtype=torch.float32, attn_implementation=segment_attention.register()
+        )
         model.config.use_cache = False
         # The cores are shared by the ranks on this machine.
         torch.set_num_threads(max(1, cpu_threads(model) // world.local_size))
@@ -355,7 +359,8 @@ def train_lora(
             groups = micro_batches(mine, packing=packing, max_seq_len=max_seq_len, rows_per_batch=batch_size)
             local = torch.zeros(3, dtype=torch.float64)  # loss sum, real tokens, slots
             for k, rows_of_batch in enumerate(groups):
-                batch = build_batch(mine, rows_of_batch, pad_id)
+                # Packed: the micro-batch's conversations end to end in one row, no padding.
+                batch = build_batch(mine, rows_of_batch, pad_id, one_row=packing)
                 keep = batch["targets"] != IGNORE_INDEX
                 # DDP averages gradients when the last micro-batch of this rank runs backward.
                 last = k == len(groups) - 1
@@ -363,11 +368,11 @@ def train_lora(
                 with sync:
                     # A boolean logits_to_keep projects onto the vocabulary only the positions
                     # that predict an answer token: most of a row is prompt.
-                    # No cache: transformers derives the per-example attention of packed
-                    # rows from the position ids only when there is none.
+                    # cu_seq_lens_q tells segment attention where each conversation starts.
                     logits = net(
                         input_ids=batch["input_ids"],
                         position_ids=batch["position_ids"],
+                        cu_seq_lens_q=batch.get("cu_seq_lens"),
                         logits_to_keep=keep,
                         use_cache=False,
                     ).logits

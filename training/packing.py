@@ -7,13 +7,17 @@ very batches an uninterrupted run would. Rank ``r`` of ``w`` trains on ``batch[r
 
 Packing lays a rank's share of a step into rows of at most ``max_seq_len`` tokens, several
 conversations per row (as few rows as first-fit decreasing finds, their lengths balanced),
-instead of padding each conversation to the longest.
-Each conversation keeps its own position ids (0, 1, 2, ... from its first token), which is
-how transformers' attention masks recognise packed rows: with no 2-D attention mask and no
-KV cache (``use_cache=False``, as in training), ``masking_utils`` builds a block-diagonal
+instead of padding each conversation to the longest; a micro-batch takes up to
+``rows_per_batch`` of those rows. The trainer then lays a micro-batch's conversations end to
+end in a single row (``build_batch(..., one_row=True)``): no padding at all, and the
+boundaries go to the model as ``cu_seq_lens`` for ``segment_attention.py``, which attends
+within each conversation only.
+Each conversation keeps its own position ids (0, 1, 2, ... from its first token). That is
+also how transformers' own attention recognises packed rows: with no 2-D attention mask and
+no KV cache (``use_cache=False``, as in training), ``masking_utils`` builds a block-diagonal
 causal mask from the resets, so no token attends across a boundary (Llama, Qwen2, Mistral
 and the other models whose masks come from ``masking_utils``; tests/unit/test_packing.py
-checks it on a Llama).
+checks both ways on a Llama and that they agree).
 Targets are shifted inside each conversation, so the last token of one conversation is never
 asked to predict the first token of the next, and padding carries no target.
 """
@@ -121,7 +125,9 @@ def micro_batches(
     return [rows[i : i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)]
 
 
-def build_batch(examples: Sequence[Example], rows: Sequence[Sequence[int]], pad_id: int) -> dict:
+def build_batch(
+    examples: Sequence[Example], rows: Sequence[Sequence[int]], pad_id: int, *, one_row: bool = False
+) -> dict:
     """Tensors for one micro-batch: each row the concatenation of its examples, right-padded.
 
     Returns ``input_ids``, ``position_ids`` (restarting at every example), ``targets``
@@ -129,11 +135,16 @@ def build_batch(examples: Sequence[Example], rows: Sequence[Sequence[int]], pad_
     (row count x width, padding included). There is no attention mask on purpose: right
     padding never reaches a real token under a causal mask, and leaving it out is what lets
     transformers derive the per-example mask from the position ids.
+
+    With ``one_row`` every example of every row is laid end to end in a single row, which
+    needs no padding, and ``cu_seq_lens`` (``[0, l1, l1 + l2, ...]``) marks the boundaries.
     """
     import torch
 
     if not rows or not all(rows):
         raise ValueError("a micro-batch needs at least one row, and every row an example")
+    if one_row:
+        rows = [[i for row in rows for i in row]]
     width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
     ids, positions, targets = [], [], []
     real = 0
@@ -154,10 +165,16 @@ def build_batch(examples: Sequence[Example], rows: Sequence[Sequence[int]], pad_
         ids.append(row_ids + [pad_id] * pad)
         positions.append(row_pos + list(range(last, last + pad)))
         targets.append(row_targets + [IGNORE_INDEX] * pad)
-    return {
+    batch = {
         "input_ids": torch.tensor(ids),
         "position_ids": torch.tensor(positions),
         "targets": torch.tensor(targets),
         "real_tokens": real,
         "slots": len(rows) * width,
     }
+    if one_row:
+        bounds = [0]
+        for i in rows[0]:
+            bounds.append(bounds[-1] + len(examples[i].input_ids))
+        batch["cu_seq_lens"] = torch.tensor(bounds, dtype=torch.int32)
+    return batch

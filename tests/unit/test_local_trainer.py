@@ -173,6 +173,16 @@ def test_training_is_deterministic_and_learns(tmp_path, train_file, tiny_model):
     assert first["mean_loss_last_5"] < first["losses"][0] / 2
 
 
+def test_packing_changes_the_layout_not_the_training(tmp_path, train_file, tiny_model):
+    """Packed end to end in one row (segment attention) or padded one a row, the same steps learn the same."""
+    kwargs = dict(max_steps=4, batch_size=4, learning_rate=5e-3, rank=4, dropout=0.0, seed=1, progress=False)
+    packed = train_lora(tiny_model, train_file, tmp_path / "packed", packing=True, **kwargs)
+    padded = train_lora(tiny_model, train_file, tmp_path / "padded", packing=False, **kwargs)
+    assert packed["train_tokens"] == padded["train_tokens"]
+    assert packed["padding_fraction"] == 0.0 < padded["padding_fraction"]
+    assert packed["losses"] == pytest.approx(padded["losses"], rel=1e-4)
+
+
 def test_rerun_replaces_the_output(tmp_path, train_file, tiny_model):
     out = tmp_path / "adapter"
     train_lora(tiny_model, train_file, out, max_steps=1, rank=4, progress=False)

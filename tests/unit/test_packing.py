@@ -159,3 +159,72 @@ def test_the_loss_needs_only_the_kept_logits(tiny_lm):
         kept = tiny_lm(**inputs, logits_to_keep=keep).logits
     assert kept.shape == (int(keep.sum()), full.shape[-1])
     torch.testing.assert_close(kept, full[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_one_row_lays_every_example_end_to_end_without_padding():
+    examples = [example(6, 2), example(4, 3), example(9, 1)]
+    batch = build_batch(examples, [[0, 1], [2]], pad_id=0, one_row=True)
+    assert batch["input_ids"].shape == (1, 25)  # 8 + 7 + 10 tokens
+    assert batch["slots"] == batch["real_tokens"] == 25
+    assert batch["cu_seq_lens"].tolist() == [0, 8, 15, 25]
+    assert batch["position_ids"][0].tolist() == list(range(8)) + list(range(7)) + list(range(10))
+    # Each example's targets stay its own: the same as the padded rows give.
+    padded = build_batch(examples, [[0, 1], [2]], pad_id=0)
+    rows = padded["targets"].tolist()
+    assert batch["targets"][0].tolist() == rows[0][:15] + rows[1][:10]
+    assert "cu_seq_lens" not in padded
+
+
+def test_segment_attention_matches_the_masked_attention_and_its_gradients(tiny_model):  # noqa: F811
+    """One row under segment attention gives the logits and LoRA gradients of the block-diagonal mask."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from modelchain.training import segment_attention
+
+    rng = random.Random(5)
+    examples = []
+    for n in (7, 12, 5, 9):
+        ids = [rng.randrange(100, 5000) for _ in range(n)]
+        examples.append(Example(input_ids=ids, labels=[IGNORE_INDEX] * (n - 3) + ids[-3:]))
+    batch = build_batch(examples, [[0, 1], [2, 3]], pad_id=0, one_row=True)
+    keep = batch["targets"] != IGNORE_INDEX
+
+    def loss_and_grads(attn_implementation, **extra):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn_implementation)
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                 target_modules=["q_proj", "v_proj", "down_proj"]))
+        # LoRA B starts at zero; give it weights so the gradients reach A and attention too.
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                       logits_to_keep=keep, use_cache=False, **extra).logits
+        loss = torch.nn.functional.cross_entropy(logits, batch["targets"][keep], reduction="sum")
+        loss.backward()
+        return logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    masked_logits, masked_grads = loss_and_grads("sdpa")
+    segment_logits, segment_grads = loss_and_grads(segment_attention.register(), cu_seq_lens_q=batch["cu_seq_lens"])
+    torch.testing.assert_close(segment_logits, masked_logits, atol=1e-4, rtol=1e-4)
+    assert segment_grads.keys() == masked_grads.keys() and segment_grads
+    for name, grad in masked_grads.items():
+        torch.testing.assert_close(segment_grads[name], grad, atol=1e-4, rtol=1e-3, msg=name)
+    # Boundaries that are wrong change the answer, so the test would see a segment leak.
+    wrong = torch.tensor([0, 19, 33], dtype=torch.int32)
+    wrong_logits, _ = loss_and_grads(segment_attention.ATTENTION_NAME, cu_seq_lens_q=wrong)
+    assert not torch.allclose(wrong_logits, masked_logits, atol=1e-3)
+
+
+def test_segment_attention_refuses_boundaries_that_do_not_cover_the_row(tiny_model):  # noqa: F811
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from modelchain.training import segment_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=segment_attention.register())
+    with pytest.raises(ValueError, match="cu_seq_lens_q must rise from 0"):
+        model(input_ids=torch.tensor([[5, 6, 7, 8]]), position_ids=torch.tensor([[0, 1, 0, 1]]),
+              cu_seq_lens_q=torch.tensor([0, 2, 3]), use_cache=False)
